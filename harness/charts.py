@@ -143,3 +143,37 @@ def box_plots(groups: Mapping[str, Mapping[str, Sequence[float]]], *, title: str
         axes.set_ylabel(ylabel)
         axes.set_title(title)
     return _to_svg(figure, salt)
+
+
+def size_score_scatter(
+    points: Sequence[tuple[str, float, float]], *, front: Sequence[str], base: str | None, title: str, salt: str,
+    xlabel: str,
+) -> Markup:
+    """Size (x) against score (y), one labelled point per checkpoint; the Pareto front joined.
+
+    ``points`` are (label, size, score); ``front`` lists the labels on the front in size order.
+    The base is drawn as a star so the reader sees where the cuts started from.
+    """
+    where = {label: (size, score) for label, size, score in points}
+    on_front = [label for label in front if label in where]
+    with rc_context(_RC):
+        figure = _figure(6.0, 3.6)
+        axes = figure.subplots()
+        others = [label for label in where if label not in on_front and label != base]
+        if others:
+            axes.scatter([where[o][0] for o in others], [where[o][1] for o in others], s=28, color="#9aa3ad",
+                         label="dominated", zorder=2)
+        if on_front:
+            xs, ys = zip(*(where[label] for label in on_front), strict=True)
+            axes.plot(xs, ys, color=_PALETTE[1], linewidth=2, marker="o", markersize=7, label="Pareto front", zorder=3)
+        if base is not None and base in where:
+            axes.scatter([where[base][0]], [where[base][1]], s=160, marker="*", color=_PALETTE[0],
+                         edgecolors="black", linewidths=0.6, label="base", zorder=4)
+        for label, (size, score) in where.items():
+            axes.annotate(label, (size, score), xytext=(5, 4), textcoords="offset points", fontsize=8)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("mean score")
+        axes.margins(x=0.15, y=0.2)
+        axes.set_title(title)
+        axes.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _to_svg(figure, salt)

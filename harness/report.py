@@ -5,6 +5,10 @@ both runs kept item scores. Tables are shaped with pandas and rendered through i
 HTML escaping; charts are inline SVG from :mod:`harness.charts`; the page is a Jinja2 template
 with autoescape and a Content-Security-Policy that forbids scripts and any network fetch, so
 model output (untrusted) can only ever appear as text.
+
+Two sections appear only when there is something to show: the candidates of a ``bench candidate``
+loop (size versus score, handed over as :class:`~harness.report_candidates.CandidateTable`), and
+the expert heatmaps of every pruned checkpoint whose ``pruning.json`` is on this machine.
 """
 
 from __future__ import annotations
@@ -23,7 +27,17 @@ from harness import __version__ as bench_version
 from harness import charts, stats
 from harness.errors import UserError
 from harness.gate import GateResult, load_gate_result, stack_settings, template_environment
-from harness.records import Interval, ItemRecord
+from harness.pruning import pruning_beside
+from harness.records import Interval, ItemRecord, Manifest
+from harness.report_candidates import (
+    CandidateTable,
+    ExpertMaps,
+    candidate_frame,
+    candidate_scatter,
+    expert_maps,
+    pruning_sources,
+    verdict_text,
+)
 from harness.rundata import RunData, load_run
 
 TEXT_LIMIT = 3000  # characters of one content/reasoning/request cell before it is cut
@@ -454,14 +468,76 @@ def _latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Markup | N
 
 
 # ---------------------------------------------------------------------------------------------
+# Candidates and pruned experts
+
+
+def checkpoint_dirs(manifest: Manifest) -> list[Path]:
+    """Where the run's checkpoint may be: as the server command resolved it, then ``--model`` as given."""
+    command = manifest.server.command
+    found = [Path(value) for flag, value in zip(command, command[1:]) if flag == "--model"]
+    found += [Path(manifest.model)] if manifest.model else []
+    return list(dict.fromkeys(found))
+
+
+def run_pruning_sources(runs: Sequence[RunData], labels: Sequence[str]) -> list[tuple[str, Path]]:
+    """``(label, pruning.json)`` for each run served from a pruned checkpoint that is on this machine."""
+    sources = []
+    for run, label in zip(runs, labels, strict=True):
+        found = next((path for folder in checkpoint_dirs(run.manifest) if (path := pruning_beside(folder))), None)
+        if found is not None:
+            sources.append((label, found))
+    return sources
+
+
+@dataclass
+class PruningView:
+    """Expert heatmaps of the pruned checkpoints, and why any could not be drawn."""
+
+    maps: list[ExpertMaps]
+    notes: list[str]
+
+
+def candidates_context(table: CandidateTable) -> dict[str, Any]:
+    """The candidates section: styled table, scatter, verdict lines and expert heatmaps."""
+    frame, classes = candidate_frame(table)
+    maps, notes = expert_maps(pruning_sources(table))
+    return {
+        "name": table.name,
+        "base": table.base,
+        "score": table.score,
+        "table": _styled(frame, "candidates", classes),
+        "scatter": candidate_scatter(table),
+        "front": table.pareto,
+        "lines": [(row.label, row.origin, row.verdict_line or (f"stopped: {row.error}" if row.error else verdict_text(row)))
+                  for row in table.rows if row.role == "candidate"],
+        "pruning": PruningView(maps, notes),
+    }
+
+
+def _run_pruning(runs: Sequence[RunData], labels: Sequence[str], candidates: CandidateTable | None) -> PruningView | None:
+    """Heatmaps for runs whose checkpoint has a pruning.json, less those the candidates section covers."""
+    covered = {path.resolve() for _, path in pruning_sources(candidates)} if candidates else set()
+    sources = [(label, path) for label, path in run_pruning_sources(runs, labels) if path.resolve() not in covered]
+    if not sources:
+        return None
+    maps, notes = expert_maps(sources)
+    return PruningView(maps, notes)
+
+
+# ---------------------------------------------------------------------------------------------
 # Page
 
 
-def render_report(runs: Sequence[RunData], *, gate: GateResult | None = None, max_items: int = 200) -> str:
-    """The whole report as one HTML string."""
+def render_report(
+    runs: Sequence[RunData], *, gate: GateResult | None = None, max_items: int = 200,
+    candidates: CandidateTable | None = None,
+) -> str:
+    """The whole report as one HTML string; ``candidates`` (from ``bench candidate``) adds its section."""
     if not runs:
         raise UserError("bench report needs at least one run directory")
     labels = _labels(runs)
+    candidate_section = candidates_context(candidates) if candidates is not None else None
+    pruning = _run_pruning(runs, labels, candidates)
     stack, stack_classes, differing = stack_table(runs, labels)
     packs, pack_classes = pack_table(runs, labels)
     long = subdimension_frame(runs, labels)
@@ -485,6 +561,8 @@ def render_report(runs: Sequence[RunData], *, gate: GateResult | None = None, ma
         labels=labels,
         runs=runs,
         gate=gate,
+        candidates=candidate_section,
+        pruning=pruning,
         stack_table=_styled(stack, "stack", stack_classes),
         differing=differing,
         pack_table=_styled(packs, "packs", pack_classes),
@@ -502,11 +580,14 @@ def render_report(runs: Sequence[RunData], *, gate: GateResult | None = None, ma
     )
 
 
-def write_report(run_paths: Sequence[Path], out: Path, *, gate_path: Path | None = None, max_items: int = 200) -> Path:
+def write_report(
+    run_paths: Sequence[Path], out: Path, *, gate_path: Path | None = None, max_items: int = 200,
+    candidates: CandidateTable | None = None,
+) -> Path:
     """Load the runs (and a gate result), render, and write the HTML file."""
     runs = [load_run(path) for path in run_paths]
     gate = load_gate_result(gate_path) if gate_path else None
-    html = render_report(runs, gate=gate, max_items=max_items)
+    html = render_report(runs, gate=gate, max_items=max_items, candidates=candidates)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")

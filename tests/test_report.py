@@ -19,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 from harness import gate, report
 from harness.gatespec import load_spec
 from harness.rundata import load_run
+from candidate_tables import HOSTILE_LABEL, sample_summary, write_pruning
 from rundirs import HOSTILE_CONTENT, write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,13 +169,27 @@ def _drive(ws: ClientConnection, page_url: str, settle_s: float) -> tuple[list[d
                 images: document.querySelectorAll('img').length,
                 hostile: document.body.innerText.includes(%s),
                 banner: document.querySelector('.banner .verdict') && document.querySelector('.banner .verdict').textContent,
+                candidates: !!document.getElementById('candidates'),
+                expert_maps: document.querySelectorAll('svg.expert-map').length,
+                expert_cells: document.querySelectorAll('svg.expert-map rect.kept, svg.expert-map rect.pruned').length,
+                pruned_cells: document.querySelectorAll('svg.expert-map rect.pruned').length,
+                hostile_label: document.body.innerText.includes(%s),
             })"""
-            % json.dumps(HOSTILE_CONTENT),
+            % (json.dumps(HOSTILE_CONTENT), json.dumps(HOSTILE_LABEL)),
             "returnByValue": True,
         },
         session=session,
     )
     return events, json.loads(probe["result"]["value"])
+
+
+def _console_errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        e for e in events
+        if (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+        or e.get("method") == "Runtime.exceptionThrown"
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]  # fmt: skip
 
 
 @needs_chromium
@@ -183,17 +198,48 @@ def test_opens_with_no_console_errors_and_no_network_requests(report_file: Path,
     events, probe = _cdp_events(url, tmp_path / "profile")
     requested = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     assert requested == [url]  # the page itself, nothing else
-    errors = [
-        e for e in events
-        if (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-        or e.get("method") == "Runtime.exceptionThrown"
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]  # fmt: skip
-    assert errors == []
+    assert _console_errors(events) == []
     assert probe["scripts"] == 0 and probe["images"] == 0
     assert probe["tables"] >= 7
     assert probe["hostile"] is True
     assert probe["banner"] == "FailToolcall"
+
+
+@pytest.fixture(scope="module")
+def candidates_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A loop-style report through the CLI: candidates.json with a hostile label, one pruned
+    checkpoint recorded by the loop and another found through a run's manifest."""
+    root = tmp_path_factory.mktemp("candidates")
+    base = write_run(root, "base", n_per_pack=20)
+    cand = write_run(root, "cand", n_per_pack=20, regress={"toolcall": 0.3})
+    served = write_pruning(root / "served-ckpt", layers=2, experts=6, keep=3)
+    manifest = json.loads((cand / "manifest.json").read_text())
+    manifest["model"] = str(served.parent)
+    (cand / "manifest.json").write_text(json.dumps(manifest))
+    summary = sample_summary(runs={"base": base, "mix-k6": cand}, pruning={"mix-k4": write_pruning(root / "k4-ckpt")})
+    (root / "candidates.json").write_text(summary.model_dump_json())
+    out = root / "report.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(base), str(cand), "--out", str(out),
+         "--candidates", str(root / "candidates.json")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@needs_chromium
+def test_candidates_section_opens_with_no_console_errors(candidates_report: Path, tmp_path: Path) -> None:
+    url = candidates_report.as_uri()
+    events, probe = _cdp_events(url, tmp_path / "profile")
+    assert [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"] == [url]
+    assert _console_errors(events) == []
+    assert probe["scripts"] == 0 and probe["images"] == 0
+    assert probe["candidates"] is True and probe["hostile_label"] is True
+    # Two maps (score, usage) per pruned checkpoint: 3 layers x 8 experts from the loop, 2 x 6 from the manifest.
+    assert probe["expert_maps"] == 4
+    assert probe["expert_cells"] == 2 * (3 * 8) + 2 * (2 * 6)
+    assert probe["pruned_cells"] == 2 * (3 * 4) + 2 * (2 * 3)
 
 
 def test_flipped_items_come_first(tmp_path: Path) -> None:

@@ -12,42 +12,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from harness import __version__
-from harness.candidate.loop import CandidateOutcome, StepLog, weight_bytes
+from harness.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
 from harness.candidate.prepare import Prepared
+from harness.candidate.store import StepStore
+from harness.pruning import PRUNING_FILE
+from harness.report_candidates import CandidateRow as Row
+from harness.report_candidates import CandidateTable
+from harness.report_candidates import table_cells as _table_cells
 from harness.store import RunStore
 
 SUMMARY_JSON = "candidates.json"
 SUMMARY_MD = "candidates.md"
 REPORT_HTML = "report.html"
 SCORE_NAME = "mean of pack scores"
-
-
-class Row(BaseModel):
-    """One line of the size-vs-score table."""
-
-    model_config = ConfigDict(extra="forbid")
-    label: str
-    role: Literal["base", "candidate"]
-    mix: str | None = None
-    origin: str | None = None  # how the plan asked for it
-    experts_kept: int | None = None
-    experts_total: int
-    precision: str
-    size_bytes: int | None = None
-    size_ratio: float | None = None  # size / base size
-    scores: dict[str, float | None] = Field(default_factory=dict)
-    mean_score: float | None = None
-    valid: bool | None = None
-    verdict: str | None = None  # gate verdict; the base has none
-    verdict_line: str | None = None
-    pareto: bool = False
-    checkpoint: str | None = None
-    run_dir: str | None = None
-    gate_json: str | None = None
-    error: str | None = None
 
 
 class Steps(BaseModel):
@@ -125,8 +105,12 @@ def build_summary(prepared: Prepared, out: Path, base: CandidateOutcome, outcome
                 mean_score=_mean(scores), valid=valid, checkpoint=str(prepared.base),
                 run_dir=str(base.run_dir) if base.run_dir else None)]
     precision = {None: _base_precision(prepared), "fp8": "fp8", "bf16": "fp8 (experts bf16)"}[prepared.experts_precision]
+    steps = StepStore(out / "steps")
     for candidate, outcome in zip(prepared.candidates, outcomes, strict=True):
         scores, valid = _scores(outcome.run_dir, prepared.packs)
+        # The record sits beside the pruned weights; an FP8 step after it does not copy it.
+        pruning = steps.path(candidate.prune.key) / MODEL_DIR / PRUNING_FILE
+        noted = outcome.checkpoint is not None or pruning.is_file()
         size = weight_bytes(outcome.checkpoint) if outcome.checkpoint and outcome.checkpoint.is_dir() else None
         gate = json.loads(outcome.gate_json.read_text(encoding="utf-8")) if outcome.gate_json else {}
         rows.append(Row(
@@ -134,7 +118,7 @@ def build_summary(prepared: Prepared, out: Path, base: CandidateOutcome, outcome
             experts_kept=candidate.keep, experts_total=prepared.n_experts, precision=precision, size_bytes=size,
             size_ratio=size / base_size if size and base_size else None, scores=scores, mean_score=_mean(scores),
             valid=valid, verdict=gate.get("verdict"), verdict_line=gate.get("line"),
-            checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None,
+            checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, pruning=str(pruning) if noted else None,
             run_dir=str(outcome.run_dir) if outcome.run_dir else None,
             gate_json=str(outcome.gate_json) if outcome.gate_json else None, error=outcome.error,
         ))
@@ -161,33 +145,14 @@ def report_gate(summary: Summary) -> Row | None:
     return gated[0] if gated else None
 
 
-def _size(n_bytes: int | None) -> str:
-    if n_bytes is None:
-        return "-"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.2f} {unit}"
-    return f"{n_bytes} B"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def table_cells(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the size-vs-score table (shared by Markdown and the terminal)."""
-    header = ["candidate", "size", "vs base", "experts kept", "precision", *summary.packs, "mean", "verdict", "Pareto"]
-    rows = []
-    for row in summary.rows:
-        experts = f"{row.experts_kept}/{row.experts_total}" if row.experts_kept is not None else "-"
-        ratio = f"{row.size_ratio:.3f}x" if row.size_ratio is not None else "-"
-        verdict = row.verdict or ("error" if row.error else ("(baseline)" if row.role == "base" else "-"))
-        if row.valid is False and row.role == "base":
-            verdict = "(baseline, invalid)"
-        rows.append([row.label, _size(row.size_bytes), ratio, experts, row.precision,
-                     *[_num(row.scores.get(p)) for p in summary.packs], _num(row.mean_score), verdict,
-                     "yes" if row.pareto else ""])
-    return header, rows
+    return _table_cells(summary.packs, summary.rows)
+
+
+def report_table(summary: Summary) -> CandidateTable:
+    """The part of the summary the report draws, as plain data."""
+    return CandidateTable.model_validate(summary.model_dump())
 
 
 def _md_cell(text: str) -> str:
@@ -227,14 +192,16 @@ def load_summary(out: Path) -> Summary:
 
 
 def write_loop_report(summary: Summary, out: Path) -> Path | None:
-    """One HTML report over the base and every candidate that finished its run."""
+    """One HTML report over the base and every candidate that finished its run, headed by the
+    size-vs-score table, the Pareto front and each pruned checkpoint's expert heatmaps."""
     from harness.report import write_report
 
     runs = [Path(row.run_dir) for row in summary.rows if row.run_dir and (Path(row.run_dir) / "results.json").is_file()]
     if not runs:
         return None
     banner = report_gate(summary)
-    path = write_report(runs, out / REPORT_HTML, gate_path=Path(banner.gate_json) if banner and banner.gate_json else None)
+    path = write_report(runs, out / REPORT_HTML, gate_path=Path(banner.gate_json) if banner and banner.gate_json else None,
+                        candidates=report_table(summary))
     summary.report = str(path)
     summary.report_gate = banner.label if banner else None
     return path

@@ -43,11 +43,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="HTML file to write"),
         gate_json: Path | None = typer.Option(None, "--gate", help="a bench gate --json result for the verdict banner"),
         max_items: int = typer.Option(200, "--max-items", min=0, help="items shown in the drill-down, flipped first"),
+        candidates: Path | None = typer.Option(None, "--candidates", help="a bench candidate candidates.json: adds the size-vs-score section"),
     ) -> None:
         """Render one self-contained HTML report comparing the runs."""
         from harness import report
+        from harness.report_candidates import load_candidate_table
 
-        path = report.write_report(runs, out, gate_path=gate_json, max_items=max_items)
+        table = load_candidate_table(candidates) if candidates else None
+        path = report.write_report(runs, out, gate_path=gate_json, max_items=max_items, candidates=table)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
     baseline_app = typer.Typer(help="Store runs as named baselines.", no_args_is_help=True)

@@ -1,0 +1,225 @@
+"""The report's candidates section and expert heatmaps, read back from the rendered page."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from candidate_tables import HOSTILE_LABEL, sample_summary, sample_table, write_pruning
+from harness import report
+from harness.candidate.summary import report_table, write_loop_report, write_summary
+from harness.errors import UserError
+from harness.report_candidates import load_candidate_table, table_cells
+from harness.rundata import load_run
+from rundirs import write_run
+
+SVG = "{http://www.w3.org/2000/svg}"
+CELL_TITLE = re.compile(r"^layer (\d+), expert (\d+) \((kept as expert \d+|pruned)\): reap score ([^;]+)")
+
+
+class _Table(HTMLParser):
+    """The text of every cell of the table with a given id, row by row."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.rows, self._inside, self._cell = table_id, [], False, None  # type: ignore[var-annotated]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and ("id", self.table_id) in attrs:
+            self._inside = True
+        elif self._inside and tag == "tr":
+            self.rows.append([])
+        elif self._inside and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._inside = False
+        elif self._inside and tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell += data
+
+
+def table_rows(html: str, table_id: str) -> list[list[str]]:
+    parser = _Table(table_id)
+    parser.feed(html)
+    return parser.rows
+
+
+def expert_svgs(html: str, section: str) -> list[ET.Element]:
+    """The expert heatmaps inside one ``<section id=...>``, parsed as XML."""
+    match = re.search(rf'<section id="{section}">(.*?)</section>', html, re.S)
+    assert match, f"no section {section}"
+    return [ET.fromstring(svg) for svg in re.findall(r'<svg [^>]*class="chart expert-map".*?</svg>', match.group(1), re.S)]
+
+
+def cells(svg: ET.Element) -> dict[tuple[int, int], tuple[str, str]]:
+    """(layer, expert) -> (class, tooltip) of every cell of a heatmap."""
+    found = {}
+    for rect in svg.iter(f"{SVG}rect"):
+        title = rect.find(f"{SVG}title")
+        if title is None:
+            continue  # legend swatches
+        match = CELL_TITLE.match(title.text or "")
+        assert match, title.text
+        key = (int(match.group(1)), int(match.group(2)))
+        assert key not in found
+        found[key] = (rect.get("class", ""), title.text or "")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Size vs score
+
+
+def test_table_rows_and_pareto_flags_match_the_summary(tmp_path: Path) -> None:
+    runs = {"base": write_run(tmp_path, "base", n_per_pack=10), "mix-k6": write_run(tmp_path, "cand", n_per_pack=10)}
+    summary = sample_summary(runs=runs)
+    assert summary.pareto == ["mix-k4", "mix-k6", "base"]  # the hostile row is smaller than nothing it beats
+    path = write_loop_report(summary, tmp_path / "loop")
+    assert path is not None and summary.report == str(path)
+    html = path.read_text(encoding="utf-8")
+    rows = table_rows(html, "T_candidates")
+    header, expected = table_cells(summary.packs, summary.rows)
+    assert rows[0] == ["", *header[1:]]
+    body = [row for row in rows[1:] if row[0] != "candidate"]  # pandas puts the index name on a row of its own
+    assert [row[0] for row in body] == [row.label for row in summary.rows]
+    for shown, cells_, row in zip(body, expected, summary.rows, strict=True):
+        assert shown[:-1] == cells_[:-1]
+        assert shown[-1] == ("yes" if row.label in summary.pareto else "no")
+    assert dict((r[0], r[header.index("verdict")]) for r in body) == {
+        "base": "(baseline)", "mix-k6": "Pass", "mix-k4": "FailToolcall", HOSTILE_LABEL: "FailToolcall", "mix-k2": "error"}
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_scatter_marks_base_and_front(tmp_path: Path) -> None:
+    run = load_run(write_run(tmp_path, "base", n_per_pack=10))
+    html = report.render_report([run], candidates=sample_table())
+    section = re.search(r'<section id="candidates">(.*?)</section>', html, re.S)
+    assert section
+    scatter = re.search(r'<svg class="chart" role="img" aria-label="candidates-scatter".*?</svg>', section.group(1), re.S)
+    assert scatter
+    svg = scatter.group(0)
+    for label in ("base", "mix-k6", "mix-k4", "Pareto front", "dominated"):
+        assert f">{label}<" in svg, label
+    assert "&lt;b&gt;k2&lt;/b&gt;" in svg and "<b>" not in svg
+    assert ">mix-k2<" not in svg  # no size, no score: not a point
+    assert "Pareto front" in section.group(1) and "<code>mix-k4</code>, <code>mix-k6</code>, <code>base</code>" in html
+
+
+def test_candidates_json_is_what_the_report_reads(tmp_path: Path) -> None:
+    summary = sample_summary(pruning={"mix-k4": tmp_path / "k4" / "pruning.json"})
+    json_path, _ = write_summary(summary, tmp_path)
+    assert load_candidate_table(json_path) == report_table(summary)
+    (tmp_path / "other.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(UserError, match=r"^candidate summary .*other.json: base: Field required$"):
+        load_candidate_table(tmp_path / "other.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Expert heatmaps
+
+
+def test_broken_or_missing_pruning_records_are_notes(tmp_path: Path) -> None:
+    bad_json = tmp_path / "bad-json" / "pruning.json"
+    bad_json.parent.mkdir()
+    bad_json.write_text("{not json")
+    out_of_range = write_pruning(tmp_path / "bad-ids", layers=1, experts=4, keep=2)
+    record = json.loads(out_of_range.read_text())
+    record["layers"][0]["kept"] = [1, 9]
+    out_of_range.write_text(json.dumps(record))
+    table = sample_table(pruning={"mix-k6": bad_json, "mix-k4": out_of_range, "mix-k2": tmp_path / "gone" / "pruning.json"})
+    served = write_run(tmp_path, "served", n_per_pack=10)
+    manifest = json.loads((served / "manifest.json").read_text())
+    manifest["model"] = str(bad_json.parent)
+    (served / "manifest.json").write_text(json.dumps(manifest))
+    html = report.render_report([load_run(served)], candidates=table)
+    notes = re.findall(r'<p class="note">(.*?)</p>', html)
+    assert notes == [
+        f"mix-k6: no expert heatmap: pruning record {bad_json} is not valid JSON: Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1)",
+        f"mix-k4: no expert heatmap: pruning record {out_of_range}: layers.0: Value error, kept ids [9] are outside 0..3",
+        f"mix-k2: no expert heatmap: pruning record {tmp_path / 'gone' / 'pruning.json'} not found",
+    ]
+    assert 'id="pruning"' not in html  # the served checkpoint's record is the broken one already noted
+    assert expert_svgs(html, "candidates") == []
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scripted tiny MoE, pruned to half its experts by a real REAP pass on a few lines of text."""
+    pytest.importorskip("torch")
+    from harness.engine.calibration import Mix
+    from harness.engine.prune import PruneOptions, prune_checkpoint
+    from harness.engine.toy import build_scripted
+
+    import torch
+
+    root = tmp_path_factory.mktemp("pruned")
+    text = root / "text.jsonl"
+    text.write_text("\n".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}  # the quick brown fox"})
+                              for i in range(6)))
+    mix = Mix(name="lines", seq_len=64, samples=6, datasets=[{"adapter": "text", "count": 6, "data_files": str(text)}])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices on shared cores: one thread avoids OpenMP spin-waits
+    try:
+        prune_checkpoint(build_scripted(root / "scripted"), root / "pruned", mix, PruneOptions(compression=0.5))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "pruned"
+
+
+def _check_maps(svgs: list[ET.Element], record: dict) -> None:  # type: ignore[type-arg]
+    assert len(svgs) == 2  # by score, by usage
+    n_experts = record["n_experts_before"]
+    for svg in svgs:
+        found = cells(svg)
+        assert set(found) == {(layer["layer"], e) for layer in record["layers"] for e in range(n_experts)}
+        for layer in record["layers"]:
+            pruned_ids = {e for (lay, e), (css, _) in found.items() if lay == layer["layer"] and css == "pruned"}
+            assert pruned_ids == set(range(n_experts)) - set(layer["kept"])
+            for new_id, expert in enumerate(layer["kept"]):
+                css, title = found[(layer["layer"], expert)]
+                assert css == "kept" and f"(kept as expert {new_id})" in title
+            for expert in range(n_experts):
+                title = found[(layer["layer"], expert)][1]
+                assert float(CELL_TITLE.match(title).group(4)) == layer["scores"][expert]  # type: ignore[union-attr]
+                assert f"({layer['frequency'][expert]:g} tokens)" in title
+        crosses = [p for p in svg.iter(f"{SVG}path") if p.get("stroke") == "#c0392b" and p.get("pointer-events")]
+        pruned_total = sum(n_experts - len(layer["kept"]) for layer in record["layers"])
+        assert len(crosses) == 1 and crosses[0].get("d", "").count("M") == 2 * pruned_total
+
+
+@pytest.mark.engine
+def test_real_pruning_heatmap_in_a_plain_report(tmp_path: Path, pruned: Path) -> None:
+    record = json.loads((pruned / "pruning.json").read_text())
+    assert record["n_experts_after"] < record["n_experts_before"]
+    run = write_run(tmp_path, "pruned-run", n_per_pack=10)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["server"]["command"][-1] = str(pruned)  # the --model value bench run records
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    html = report.render_report([load_run(run)])
+    assert 'href="#pruning"' in html and 'id="candidates"' not in html
+    _check_maps(expert_svgs(html, "pruning"), record)
+
+
+@pytest.mark.engine
+def test_real_pruning_heatmap_in_a_loop_report(tmp_path: Path, pruned: Path) -> None:
+    record = json.loads((pruned / "pruning.json").read_text())
+    run = write_run(tmp_path, "pruned-run", n_per_pack=10)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["model"] = str(pruned)  # the same checkpoint the loop recorded: drawn once, in the candidates section
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    html = report.render_report([load_run(run)], candidates=sample_table(pruning={"mix-k4": pruned / "pruning.json"}))
+    _check_maps(expert_svgs(html, "candidates"), record)
+    assert 'id="pruning"' not in html
+    assert "<summary><code>mix-k4</code> " in html
