@@ -20,7 +20,9 @@ from matplotlib import rc_context
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
-_RC: dict[Any, Any] = {"svg.fonttype": "none", "font.family": "sans-serif", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+# text.parse_math off: a "$" in a run id or candidate label is text, not a TeX formula that may not parse.
+_RC: dict[Any, Any] = {"svg.fonttype": "none", "font.family": "sans-serif", "font.size": 9, "axes.spines.top": False,
+                       "axes.spines.right": False, "text.parse_math": False}
 _PALETTE = ("#3b6ea8", "#d9822b", "#4f9a5d", "#b5485d", "#7c5ea8", "#8c7a5b", "#5b8c8c", "#a86f3b")
 
 

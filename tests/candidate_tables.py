@@ -15,7 +15,7 @@ from harness.candidate import Summary, pareto_front
 from harness.candidate.summary import Row, Steps, report_table
 from harness.report_candidates import CandidateTable
 
-HOSTILE_LABEL = "<b>k2</b><script>alert(1)</script>"
+HOSTILE_LABEL = "<b>k2</b><script>alert(1)</script> $\\frac{$"  # markup, and TeX that matplotlib cannot parse
 
 
 def sample_summary(runs: dict[str, Path] | None = None, pruning: dict[str, Path] | None = None) -> Summary:
