@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.engine.checkpoint import Checkpoint
-from harness.engine.fp8 import plan_quantization, quantize_checkpoint, quantize_rows
+from harness.engine.fp8 import fp8_to_float32, plan_quantization, quantize_checkpoint, quantize_rows
 from harness.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
@@ -48,6 +48,16 @@ def test_per_channel_matches_compressed_tensors_arithmetic() -> None:
     ct_q = quantize(weight.float(), ct_scale, zp, args, dtype=torch.float8_e4m3fn)
     assert torch.allclose(scale, ct_scale)
     assert torch.equal(q.float(), ct_q.float())
+
+
+def test_fast_fp8_cast_equals_torch_cast_for_every_code() -> None:
+    """All 256 e4m3 codes (subnormals, signed zeros, NaN) convert as torch's own cast does."""
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    ours, theirs = fp8_to_float32(codes), codes.to(torch.float32)
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    assert torch.equal(ours.nan_to_num(0.0), theirs.nan_to_num(0.0))
+    assert torch.equal(ours.signbit(), theirs.signbit())
+    assert torch.equal(fp8_to_float32(codes.reshape(4, 8, 8)).nan_to_num(0.0), theirs.nan_to_num(0.0).reshape(4, 8, 8))
 
 
 def test_plan_quantizes_every_linear_and_expert_keeps_the_rest(per_expert: Path) -> None:

@@ -56,6 +56,45 @@ def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
         assert torch.allclose(hidden, reference, atol=1e-5), family
 
 
+def test_scored_layer_is_freed_without_the_cycle_collector(tmp_path: Path) -> None:
+    """The scoring hook must not keep a layer's expert weights alive after the layer is dropped."""
+    import gc
+    import weakref
+
+    from harness.engine.reap import LayerRunner, LayerStats, _experts_module, attach_scoring
+
+    path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
+    checkpoint = Checkpoint.open(path)
+    runner = LayerRunner(checkpoint, resolve(checkpoint))
+    module = runner.build(0)
+    experts = _experts_module(module)
+    attach_scoring(experts, LayerStats(8), 16)
+    with torch.inference_mode():
+        runner.forward(module, runner.embed([list(range(3, 30))])[0])
+    ref = weakref.ref(experts)
+    gc.disable()
+    try:
+        del module, experts
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_peak_rss_is_this_process_not_its_parent() -> None:
+    """A child started from a big parent reports its own peak (ru_maxrss would carry the parent's)."""
+    import subprocess
+    import sys
+
+    from harness.engine.reap import peak_rss_bytes
+
+    ballast = bytearray(300 << 20)  # touched below, so the parent is resident at 300 MiB+
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
+    child = subprocess.run([sys.executable, "-c", "from harness.engine.reap import peak_rss_bytes; "
+                            "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
+    assert int(child.stdout) < 200 << 20 < peak_rss_bytes()
+    del ballast
+
+
 @needs_data
 @pytest.mark.parametrize(("family", "layout"), [("qwen3_moe", "per_expert"), ("qwen3_moe", "fused"),
                                                 ("mixtral", "per_expert"), ("deepseek_v3", "per_expert")])

@@ -248,13 +248,29 @@ def quantize_rows(weight: torch.Tensor, block: int | None) -> tuple[torch.Tensor
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, block: int | None) -> torch.Tensor:
     """Inverse of :func:`quantize_rows`, in float32."""
-    import torch
-
     if block is None:
-        return q.to(torch.float32) * scale
+        return fp8_to_float32(q).mul_(scale)
     out_dim, in_dim = q.shape[-2:]
     expanded = scale.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :out_dim, :in_dim]
-    return q.to(torch.float32) * expanded
+    return fp8_to_float32(q).mul_(expanded)
+
+
+def fp8_to_float32(q: torch.Tensor) -> torch.Tensor:
+    """``q.to(torch.float32)`` for float8_e4m3fn, value for value, NaN included.
+
+    torch's CPU cast converts one element at a time and dominated quantization; these in-place
+    integer steps vectorize (about 4x faster). An e4m3 code's sign and magnitude bits moved into a
+    float16 make the same number divided by 2**8, subnormals included (the exponent biases differ
+    by 8); only the NaN magnitude (0x7f) needs a float16 NaN exponent of its own.
+    """
+    import torch
+
+    if q.device.type != "cpu":
+        return q.to(torch.float32)
+    code = q.view(torch.int8).to(torch.int16)  # sign-extended
+    nan_bits = (code & 0x7F).add_(1).bitwise_right_shift_(7).neg_().bitwise_and_(0x7E00)  # 0x7e00 where NaN
+    half = code.bitwise_left_shift_(7).bitwise_and_(~0x4000).bitwise_or_(nan_bits)  # sign to bit 15
+    return half.view(torch.float16).to(torch.float32).mul_(256.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,12 +346,11 @@ def quantize_checkpoint(
             else:
                 chunks = reader.row_chunks(name, chunk_bytes, multiple=multiple)
             for chunk in chunks:
-                q, scale = quantize_rows(chunk, block)
-                deq = dequantize_rows(q, scale, block)
                 ref = chunk.to(torch.float32)
-                err_sq += float(torch.sum((deq - ref) ** 2))
-                ref_sq += float(torch.sum(ref**2))
-                del deq, ref
+                q, scale = quantize_rows(ref, block)
+                err_sq += float(torch.linalg.vector_norm(dequantize_rows(q, scale, block).sub_(ref))) ** 2
+                ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
+                del ref
                 scales.append(scale)
                 yield name, q
             errors[name] = math.sqrt(err_sq / ref_sq) if ref_sq > 0 else 0.0

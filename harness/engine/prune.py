@@ -29,6 +29,7 @@ from harness.engine.checkpoint import (
     write_streamed,
 )
 from harness.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
+from harness.engine.reap import MAP_WINDOW_BYTES
 from harness.errors import UserError
 
 if TYPE_CHECKING:
@@ -130,12 +131,12 @@ def write_pruned(
     plan: list[PrunedTensor],
     *,
     max_shard_bytes: int = 4 << 30,
-    chunk_bytes: int = 256 << 20,
+    chunk_bytes: int = MAP_WINDOW_BYTES,
 ) -> None:
     """Stream the planned tensors from the source checkpoint into ``out_dir``."""
     reader = checkpoint.reader()
 
-    def stream() -> Iterator[tuple[str, torch.Tensor]]:
+    def pieces() -> Iterator[tuple[str, torch.Tensor]]:
         for item in plan:
             if item.rows is None:
                 for chunk in reader.row_chunks(item.source, chunk_bytes):
@@ -143,6 +144,17 @@ def write_pruned(
             else:
                 for row in item.rows:
                     yield item.out.name, reader.rows(item.source, row, row + 1)
+
+    def stream() -> Iterator[tuple[str, torch.Tensor]]:
+        # Reopen the source's memory maps every window: this process then holds a window of the
+        # checkpoint, not all of it (see MAP_WINDOW_BYTES).
+        since_release = 0
+        for name, tensor in pieces():
+            yield name, tensor
+            since_release += tensor.nbytes
+            if since_release >= MAP_WINDOW_BYTES:
+                reader.close()
+                since_release = 0
 
     write_streamed(out_dir, [t.out for t in plan], stream(), max_shard_bytes=max_shard_bytes)
     reader.close()

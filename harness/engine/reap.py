@@ -22,6 +22,7 @@ import random
 import resource
 import time
 import types
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,9 +38,25 @@ if TYPE_CHECKING:
     from harness.engine.prune import PruneOptions
 
 
+# Tensors read from safetensors are views of a memory map whose pages count as this process's
+# memory while the map is open: readers are closed (and reopen on demand) after this many bytes.
+MAP_WINDOW_BYTES = 16 << 20
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process so far.
+
+    Linux's ``VmHWM`` first: ``ru_maxrss`` survives ``exec``, so a process started from a big
+    parent (a benchmark, ``bench candidate``) would report the parent's size instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,14 +159,36 @@ def _stack_state(
         stems = moe.family.projections
         ids = kept if kept is not None else list(range(moe.n_experts))
         block = _module_name(layer.block[len(prefix) :], moe, layer)
-        gate_up, down = [], []
-        for expert in ids:
-            base = f"{layer.block}experts.{expert}."
-            gate_up.append(torch.cat([reader.get(f"{base}{stems.gate}.weight"), reader.get(f"{base}{stems.up}.weight")]))
-            down.append(reader.get(f"{base}{stems.down}.weight"))
-        state[f"{block}experts.gate_up_proj"] = torch.stack(gate_up).to(dtype)
-        state[f"{block}experts.down_proj"] = torch.stack(down).to(dtype)
+        state[f"{block}experts.gate_up_proj"] = _fill_experts(reader, layer.block, ids, (stems.gate, stems.up), dtype)
+        state[f"{block}experts.down_proj"] = _fill_experts(reader, layer.block, ids, (stems.down,), dtype)
     return state
+
+
+def _fill_experts(reader: TensorReader, block: str, ids: list[int], stems: tuple[str, ...],
+                  dtype: torch.dtype) -> torch.Tensor:
+    """``[experts, rows, in]`` in ``dtype``, each expert's projections stacked along the rows.
+
+    Written straight into one preallocated tensor: stacking, then converting, would hold the
+    layer's experts up to three times over.
+    """
+    import torch
+
+    first = [reader.get(f"{block}experts.{ids[0]}.{stem}.weight") for stem in stems]
+    rows, width = sum(t.shape[0] for t in first), first[0].shape[1]
+    out = torch.empty((len(ids), rows, width), dtype=dtype)
+    del first
+    since_release = 0
+    for slot, expert in enumerate(ids):
+        start = 0
+        for stem in stems:
+            part = reader.get(f"{block}experts.{expert}.{stem}.weight")
+            out[slot, start : start + part.shape[0]].copy_(part)
+            start += part.shape[0]
+            since_release += part.nbytes
+        if since_release >= MAP_WINDOW_BYTES:  # see MAP_WINDOW_BYTES: the copied pages need not stay resident
+            reader.close()
+            since_release = 0
+    return out
 
 
 def _module_name(rel: str, moe: MoEModel, layer: MoELayer | None) -> str:
@@ -222,6 +261,7 @@ class LayerRunner:
         table = self.reader.get(self.embed_name)
         out = [table[torch.tensor(ids)].to(self.dtype).to(self.device) for ids in token_ids]
         del table
+        self.reader.close()
         return out
 
     def build(self, index: int, kept: list[int] | None = None, renorm: dict[str, Any] | None = None) -> nn.Module:
@@ -240,6 +280,7 @@ class LayerRunner:
         with torch.device("meta"):
             module = self.layer_classes[index](config, index)
         state = _stack_state(self.reader, self.moe, layer_info, prefix, names, self.dtype, kept)
+        self.reader.close()  # see MAP_WINDOW_BYTES: only the live layer stays resident
         expected = set(module.state_dict())
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -303,7 +344,18 @@ def attach_scoring(experts: nn.Module, stats: LayerStats, chunk_tokens: int) -> 
                 out.index_add_(0, token + start, (y * g[:, None]).to(out.dtype))
         return out
 
-    experts.forward = types.MethodType(forward, experts)
+    # Bound to a weak proxy: a method stored on its own module is a reference cycle, which would keep
+    # the layer's expert weights alive until the cyclic collector happens to run.
+    experts.forward = types.MethodType(forward, weakref.proxy(experts))
+
+
+def _advance(runner: LayerRunner, module: nn.Module, hidden: list[torch.Tensor]) -> None:
+    """Replace each sequence's hidden states by the layer's output, in place.
+
+    Only one copy of the calibration hidden states is then alive, plus one sequence's output.
+    """
+    for i, states in enumerate(hidden):
+        hidden[i] = runner.forward(module, states)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,24 +390,28 @@ def score_experts(
             module = runner.build(index)
             layer = moe.layer(index)
             if layer is None:
-                hidden = [runner.forward(module, h) for h in hidden]
+                _advance(runner, module, hidden)
                 del module
                 continue
             layer_stats = LayerStats(moe.n_experts)
             attach_scoring(_experts_module(module), layer_stats, options.chunk_tokens)
-            outputs = [runner.forward(module, h) for h in hidden]
+            reprune = per_layer and propagate == "pruned" and keep < moe.n_experts
+            if reprune:  # the full layer's outputs are not handed on: score only
+                for h in hidden:
+                    runner.forward(module, h)
+            else:
+                _advance(runner, module, hidden)
             del module
             stats[index] = layer_stats
             note = ""
             if per_layer:
                 kept[index] = select_experts({index: layer_stats.scores(options.criterion, seed=options.seed,
                                                                         layer=index)}, keep)[index]
-                if propagate == "pruned" and keep < moe.n_experts:
-                    pruned = runner.build(index, kept[index], renorm)
-                    outputs = [runner.forward(pruned, h) for h in hidden]
-                    del pruned
-                    note = f", kept {kept[index]}"
-            hidden = outputs
+            if reprune:
+                pruned = runner.build(index, kept[index], renorm)
+                _advance(runner, pruned, hidden)
+                del pruned
+                note = f", kept {kept[index]}"
             if progress:
                 progress(f"layer {index}: scored {moe.n_experts} experts on {layer_stats.tokens} tokens in "
                          f"{time.perf_counter() - t0:.1f} s{note}")
