@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.modelfile import read_model_file
 
-PRUNING_FILE = "pruning.json"  # the name harness.engine.prune writes
+PRUNING_FILE = "pruning.json"  # written by harness.engine.prune beside the weights, read by the report
 
 
 class PrunedLayer(BaseModel):

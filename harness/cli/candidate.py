@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         for row in summary.candidates():
             if row.error:
                 print(f"{row.label}: {row.error}")
+        for row in summary.rows:
+            if row.run_dir and (Path(row.run_dir) / "results.json").is_file():
+                print(f"results ({row.label}): {Path(row.run_dir) / 'results.json'}")
         print(f"summary: {Path(summary.out) / 'candidates.md'}")
         if summary.report:
             print(f"report: {summary.report}" + (f" (verdict banner: {summary.report_gate})" if summary.report_gate else ""))

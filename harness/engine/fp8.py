@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from harness.engine.checkpoint import (
     write_streamed,
 )
 from harness.engine.moe import MoEModel, resolve_if_moe
+from harness.pruning import PRUNING_FILE
 from harness.errors import UserError
 
 if TYPE_CHECKING:
@@ -364,6 +366,8 @@ def quantize_checkpoint(
     config["quantization_config"] = quantization_config(plan)
     write_config(out_dir, config)
     copy_side_files(model_dir, out_dir)
+    if (model_dir / PRUNING_FILE).is_file():  # the quantized checkpoint keeps its pruning record
+        shutil.copy2(model_dir / PRUNING_FILE, out_dir / PRUNING_FILE)
     after = Checkpoint.open(out_dir).file_bytes()
     worst_tensor = max(errors, key=lambda n: errors[n]) if errors else ""
     counts = plan.counts()

@@ -31,6 +31,7 @@ from harness.engine.checkpoint import (
 from harness.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
 from harness.engine.reap import MAP_WINDOW_BYTES
 from harness.errors import UserError
+from harness.pruning import PRUNING_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 Criterion = Literal["reap", "frequency", "mean-gate", "ean", "random"]
 CRITERIA: tuple[str, ...] = ("reap", "frequency", "mean-gate", "ean", "random")
-PRUNING_FILE = "pruning.json"
 
 
 @dataclass(frozen=True)
