@@ -306,9 +306,13 @@ def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spe
     comparison = stats.compare_paired(base_scores.values, cand_scores.values, spec.confidence, spec.power, spec.seed)
     spreads = {"baseline_repeat_spread": base_scores.spread, "candidate_repeat_spread": cand_scores.spread}
     if comparison.difference is None:
+        # Measured in each run, but never on the same item (a small --limit, or replies one run
+        # could not score): zero paired items detect no drop, and the pack total is still judged.
+        message = (f"{label}: no item measured in both runs ({len(comparison.baseline_only)} only in the baseline, "
+                   f"{len(comparison.candidate_only)} only in the candidate); underpowered: 0 paired items detect no drop")
         return _outcome(
-            rule, status="invalid", counts_as_failure=False, value=None, low=None, high=None,
-            comparison=comparison, message=f"{label}: no items scored in both runs", **spreads,
+            rule, status="underpowered", counts_as_failure=spec.on_underpowered == "fail", value=None,
+            low=None, high=None, comparison=comparison, message=message, **spreads,
         )  # fmt: skip
     drop = 0.0 - comparison.difference  # not -x: a held score must not print as -0.000
     if rule.decision == "point":

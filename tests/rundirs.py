@@ -139,6 +139,7 @@ def write_run(
     latency_scale: float = 1.0,
     reasoning_chars: int = 0,
     truncated_subdimension: Mapping[str, str] | None = None,
+    truncated_items: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
     """Write manifest.json, items.jsonl and results.json for a synthetic run; return its path.
 
@@ -152,6 +153,7 @@ def write_run(
         reasoning_chars: pad each reasoning to this length (realistic item sizes for benchmarks).
         truncated_subdimension: pack -> a subdimension whose every reply is cut at max_tokens
             (scored 0 with status "truncated" and, as packs do, no subscores).
+        truncated_items: pack -> indices of the items whose replies are cut at max_tokens.
     """
     regress = regress or {}
     regress_subdimension = regress_subdimension or {}
@@ -221,7 +223,8 @@ def write_run(
                 )
                 score = _score(pack, index, shown)
                 flags = Flags(leaked_markers=int(leaked))
-                if (truncated_subdimension or {}).get(pack) == subdims[index % len(subdims)]:
+                if ((truncated_subdimension or {}).get(pack) == subdims[index % len(subdims)]
+                        or index in (truncated_items or {}).get(pack, ())):
                     transcript.exchanges[-1].response.finish_reason = "length"
                     score = Score(value=0.0, passed=False, status="truncated", reason="response cut off at max_tokens")
                     flags.truncated = 1

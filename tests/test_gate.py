@@ -289,3 +289,20 @@ def test_subdimension_lost_to_truncation_is_warned_not_skipped(runs: dict[str, P
     assert any(w.startswith("toolcall/restraint: the baseline scored 40 items, the candidate none") for w in result.warnings)
     # The truncated replies count as zeros in the pack score, so the overall drop is still judged.
     assert result.verdict == "FailToolcall"
+
+
+def test_measure_never_on_the_same_item_is_underpowered_not_invalid(tmp_path: Path) -> None:
+    # Ten toolcall items; restraint is measured on items 3 and 8. The baseline's reply to item 3 and
+    # the candidate's to item 8 ran past max_tokens: both runs report restraint, on different items.
+    base = load_run(write_run(tmp_path, "small-base", packs=("toolcall",), n_per_pack=10, truncated_items={"toolcall": [3]}))
+    cand = load_run(write_run(tmp_path, "small-cand", packs=("toolcall",), n_per_pack=10, truncated_items={"toolcall": [8]}))
+    assert set(base.folded("toolcall", "restraint").values) == {"toolcall-0008"}
+    assert set(cand.folded("toolcall", "restraint").values) == {"toolcall-0003"}
+    rules = {"version": 1, "packs": {"toolcall": {"allowed_drop": 0.5, "subdimensions": {"restraint": {"allowed_drop": 0.5}}}}}
+    result = gate.evaluate(cand, base, parse_spec(rules))
+    rule = next(rule for rule in result.rules if rule.id == "toolcall.restraint.drop")
+    assert rule.status == "underpowered" and not rule.counts_as_failure
+    assert "no item measured in both runs (1 only in the baseline, 1 only in the candidate)" in rule.message
+    assert result.verdict != "Invalid" and not result.invalid_reasons
+    strict = gate.evaluate(cand, base, parse_spec({**rules, "on_underpowered": "fail"}))
+    assert next(rule for rule in strict.rules if rule.id == "toolcall.restraint.drop").counts_as_failure
