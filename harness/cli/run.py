@@ -204,16 +204,10 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[str, typer.Option("--kind", help="scripted | smollm | smollm-moe")],
         out: Annotated[Path, typer.Option("--out", help="Directory to write the checkpoint into.")],
     ) -> None:
-        """Build a small checkpoint offline: the scripted tiny Qwen3-MoE or the real SmolLM2-135M."""
+        """Build a small checkpoint offline: the scripted tiny Qwen3-MoE, the real SmolLM2-135M, or SmolLM2 as an 8-expert MoE."""
         from harness.engine import toy
 
-        builders = {"scripted": toy.build_scripted, "smollm": toy.build_smollm}
-        try:
-            from harness.engine import smollm_moe
-
-            builders["smollm-moe"] = smollm_moe.build_default  # type: ignore[attr-defined]
-        except (ImportError, AttributeError):
-            pass
+        builders = {"scripted": toy.build_scripted, "smollm": toy.build_smollm, "smollm-moe": toy.build_smollm_moe}
         if kind not in builders:
             raise UserError(f"--kind must be one of {', '.join(builders)}, not {kind!r}")
         started = time.monotonic()

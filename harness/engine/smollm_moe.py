@@ -1,15 +1,18 @@
 """A real-language MoE from a dense Llama-architecture model (SmolLM2-135M-Instruct by default).
 
 Why: pruning quality is only measurable on a model whose experts carry real language. Random
-tiny MoEs test plumbing; this one tests judgement, and vLLM serves it like any Mixtral.
+tiny MoEs test plumbing; this one tests judgement, and vLLM serves it like any Qwen2-MoE.
 
 How (MoEfication): each layer's MLP neurons are split into ``n_experts`` equal groups of
 neurons that fire together, found by balanced k-means on their contribution profiles over
 calibration tokens (|activation| x norm of the neuron's output column). Expert ``e`` is the
 SwiGLU MLP restricted to its neurons. A linear router is fitted by least squares to predict, per
 token, how large each expert's output is, so top-k picks the experts that matter for that token.
-Router logits are scaled so Mixtral's top-k softmax weights, times ``top_k`` folded into the
-experts' down projections, best rebuild the dense MLP output on the calibration tokens.
+The neurons that matter most on the calibration text form an always-on shared expert (as in
+Qwen2-MoE and DeepSeek-MoE), so an expert's saliency measures its own neurons only. Finally the
+down projections are refitted (ridge least squares, routing weights included) so the routed MLP
+best rebuilds the dense one on the calibration tokens: a chosen expert also stands in for the
+neurons routing left out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +40,7 @@ def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed:
     """Cluster ``points`` [n, d] into ``k`` clusters of exactly ``n / k`` points (cosine similarity).
 
     Each round assigns points in order of how strongly they prefer their best cluster, each to its
-    most similar cluster that still has room, which keeps experts the same size (Mixtral needs one
+    most similar cluster that still has room, which keeps experts the same size (the config has one
     intermediate size).
     """
     import torch
@@ -69,9 +73,9 @@ def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed:
 
 def _layer_experts(
     inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, n_experts: int, top_k: int,
-    shared: int, seed: int,
-) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, float]:
-    """Shared neurons, per-expert neuron groups, router weight [E, H] and the MLP rebuild error."""
+    shared: int, seed: int, grouping: str = "coactivation",
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
+    """Shared neurons, per-expert neuron groups, router [E, H], shared and expert down projections, rebuild error."""
     import torch
 
     act = torch.nn.functional.silu(inputs @ gate.T) * (inputs @ up.T)  # [T, I]
@@ -80,40 +84,83 @@ def _layer_experts(
     n_own = (len(order) - shared) // n_experts * n_experts
     shared_ids = order[: len(order) - n_own]  # the most important neurons (plus any remainder)
     own = order[len(order) - n_own :]
-    # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
-    assignment = balanced_kmeans(profile[:2048, own].T, n_experts, seed=seed)
-    groups = [own[assignment == e] for e in range(n_experts)]
+    if grouping == "importance":
+        # Bands of neurons by importance: experts differ in how much they matter, as trained ones do.
+        groups = list(own.reshape(n_experts, -1))
+    else:
+        # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
+        assignment = balanced_kmeans(profile[:2048, own].T, n_experts, seed=seed)
+        groups = [own[assignment == e] for e in range(n_experts)]
     outputs = torch.stack([act[:, g] @ down[:, g].T for g in groups])  # [E, T, H]
     always = act[:, shared_ids] @ down[:, shared_ids].T
-    importance = outputs.norm(dim=-1).T  # [T, E]
-    solution = _fit_router(inputs, importance, top_k)  # [H, E]
+    # How much including each expert shrinks the error of the remaining dense sum: neuron
+    # contributions cancel, so a large output is not the same as a useful one.
+    own_sum = outputs.sum(0)
+    benefit = (2 * (outputs * own_sum[None]).sum(-1) - outputs.pow(2).sum(-1)).T  # [T, E]
+    solution = _fit_router(inputs, benefit, top_k)  # [H, E]
     logits = inputs @ solution
     unit = 1.0 / max(float(logits.std()), 1e-6)
-    dense = always + outputs.sum(0)
-    best_alpha, best_error = 0.0, math.inf
+    dense = always + own_sum
+    # The temperature whose routing, with one least-squares gain on the routed part, rebuilds best;
+    # then one refit of the down projections under that routing.
+    best = (math.inf, 0.0)
     for alpha in ALPHAS:
-        rebuilt = always + _moe_output(outputs, logits * alpha * unit, top_k) * top_k
-        error = float((rebuilt - dense).pow(2).sum() / dense.pow(2).sum())
-        if error < best_error:
-            best_alpha, best_error = alpha, error
-    router = (solution * best_alpha * unit).T.contiguous()
-    return shared_ids, groups, router, best_error
+        routed = _moe_output(outputs, logits * alpha * unit, top_k)
+        gain = (routed * own_sum).sum() / routed.pow(2).sum().clamp_min(1e-12)
+        error = float((always + gain * routed - dense).pow(2).sum())
+        if error < best[0]:
+            best = (error, alpha)
+    weights = _routing_weights(logits * best[1] * unit, top_k)
+    downs, rebuilt = _refit_downs(act, [shared_ids, *groups], weights, dense)
+    error = float((rebuilt - dense).pow(2).sum() / dense.pow(2).sum())
+    router = (solution * best[1] * unit).T.contiguous()
+    return shared_ids, groups, router, downs[0], downs[1:], error
+
+
+def _routing_weights(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[T, E] weights of renormalized top-k routing: softmax over the chosen logits, zero elsewhere."""
+    import torch
+
+    values, chosen = torch.topk(logits, top_k, dim=-1)
+    return torch.zeros_like(logits).scatter(1, chosen, torch.softmax(values, dim=-1))
+
+
+def _refit_downs(act: torch.Tensor, groups: list[torch.Tensor], weights: torch.Tensor, dense: torch.Tensor,
+                 ridge: float = 1e-3) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Down projections [H, n] per group (shared first) refitted so the routed MLP rebuilds the dense one.
+
+    A chosen expert then also stands in for the neurons routing left out, the way a trained
+    expert's output is useful on its own: ridge least squares over the calibration tokens with
+    each expert's activations weighted by its routing weight (the shared group always weighs 1).
+    """
+    import torch
+
+    columns = [act[:, groups[0]]] + [act[:, g] * weights[:, e : e + 1] for e, g in enumerate(groups[1:])]
+    design = torch.cat(columns, dim=1).double()  # [T, n_neurons]
+    gram = design.T @ design
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    solved = torch.linalg.solve(gram, design.T @ dense.double())  # [n_neurons, H]
+    rebuilt = (design @ solved).float()
+    sizes = [len(g) for g in groups]
+    return [block.T.float().contiguous() for block in torch.split(solved, sizes)], rebuilt
 
 
 def _fit_router(inputs: torch.Tensor, importance: torch.Tensor, top_k: int, steps: int = 100) -> torch.Tensor:
+    # importance: [tokens, experts], larger means the token gains more from that expert.
     """Linear router [H, E] whose top-k follows each token's most important experts, load-balanced.
 
     Trained MoEs route about equally many tokens to every expert (load balancing); this router
     does too, so experts differ in how much they matter when chosen rather than in how often they
     are chosen, as in real MoEs. Preferences are Sinkhorn-balanced (every expert an equal share),
     fitted by least squares, then per-expert offsets are tuned until top-k loads are equal.
-    Mixtral routers have no bias: the offsets ride on the direction in which the normalized hidden
+    MoE routers have no bias: the offsets ride on the direction in which the normalized hidden
     state is nearly constant (LLM residual streams have one), found by least squares.
     """
     import torch
 
     n_tokens, n_experts = importance.shape
-    preference = (importance / importance.mean()).clamp_min(1e-6)
+    # Preferences as positive weights (benefits can be negative): exp of the standardized benefit.
+    preference = torch.exp((importance - importance.mean(1, keepdim=True)) / importance.std().clamp_min(1e-6))
     for _ in range(30):
         preference = preference / preference.sum(1, keepdim=True)
         preference = preference / preference.sum(0, keepdim=True) * (n_tokens / n_experts)
@@ -135,7 +182,7 @@ def _fit_router(inputs: torch.Tensor, importance: torch.Tensor, top_k: int, step
 
 
 def _moe_output(outputs: torch.Tensor, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Mixtral routing: softmax over the top-k logits weights the chosen experts' outputs."""
+    """Renormalized top-k routing: softmax over the top-k logits weights the chosen experts' outputs."""
     import torch
 
     values, index = torch.topk(logits, top_k, dim=-1)
@@ -144,23 +191,33 @@ def _moe_output(outputs: torch.Tensor, logits: torch.Tensor, top_k: int) -> torc
     return (chosen * weights[..., None]).sum(1)
 
 
-def _mlp_inputs(model: Any, token_ids: list[list[int]]) -> list[torch.Tensor]:
-    """Inputs of every layer's MLP (after the post-attention norm) on the calibration tokens."""
+def _routed_mlp(gate: torch.Tensor, up: torch.Tensor, shared_ids: torch.Tensor, shared_down: torch.Tensor,
+                groups: list[torch.Tensor], downs: list[torch.Tensor], router: torch.Tensor, k: int) -> Any:
+    """The converted MLP as a module, so later layers are fitted on the MoE's own hidden states."""
     import torch
 
-    captured: list[list[torch.Tensor]] = [[] for _ in model.model.layers]
-    hooks = [
-        layer.mlp.register_forward_pre_hook(lambda _m, args, i=i: captured[i].append(args[0][0].detach()))
-        for i, layer in enumerate(model.model.layers)
-    ]
-    try:
-        with torch.inference_mode():
-            for ids in token_ids:
-                model(torch.tensor([ids]))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [torch.cat(chunks) for chunks in captured]
+    class RoutedMLP(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x.reshape(-1, x.shape[-1])
+
+            def part(ids: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+                return (torch.nn.functional.silu(h @ gate[ids].T) * (h @ up[ids].T)) @ down.T
+
+            outputs = torch.stack([part(g, d) for g, d in zip(groups, downs)])
+            out = part(shared_ids, shared_down) + _moe_output(outputs, h @ router.T, k)
+            return out.reshape(x.shape)
+
+    return RoutedMLP()
+
+
+def _run_layer(model: Any, layer: Any, hidden: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    positions = torch.arange(hidden.shape[0])[None]
+    x = hidden[None]
+    out = layer(x, attention_mask=None, position_ids=positions,
+                position_embeddings=model.model.rotary_emb(x, positions), use_cache=False)
+    return (out[0] if isinstance(out, tuple) else out)[0]
 
 
 def build_smollm_moe(
@@ -173,19 +230,20 @@ def build_smollm_moe(
     calibration: Mix | None = None,
     data_dir: Path | str | None = None,
     fit_tokens: int = 8192,
+    grouping: str = "coactivation",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Turn a dense Llama-architecture checkpoint into a Mixtral-architecture MoE in ``out``.
+    """Turn a dense Llama-architecture checkpoint into a Qwen2-MoE-architecture MoE in ``out``.
 
     Args:
         dense_dir: dense checkpoint (e.g. from ``harness.engine.toy.build_smollm``).
-        out: output directory (bf16 safetensors, Mixtral config, the dense model's tokenizer,
+        out: output directory (bf16 safetensors, Qwen2-MoE config, the dense model's tokenizer,
             chat template and generation config).
         n_experts: experts per layer; must divide the MLP intermediate size.
         top_k: experts each token is routed to.
         shared_fraction: share of each MLP's neurons (the most important on the calibration text)
-            copied into every expert, so they are always on; the rest is split between experts.
+            that form the always-on shared expert; the rest is split between routed experts.
             Dense SwiGLU activations are not sparse, so some always-on neurons keep the MoE close
             to the dense model at the cost of larger experts.
         calibration: text the neuron groups and routers are fitted on; the shipped
@@ -196,13 +254,14 @@ def build_smollm_moe(
     """
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, MixtralConfig
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
 
     from harness.engine.calibration import build_samples, load_mix
 
     started = time.perf_counter()
     dense_dir, out = Path(dense_dir), Path(out)
-    model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
+    # sdpa is causal without a mask: one unpadded sequence at a time.
+    model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
     config = model.config
     if config.model_type != "llama":
         raise UserError(f"{dense_dir} is a {config.model_type!r} model: build_smollm_moe expects a dense Llama")
@@ -211,8 +270,8 @@ def build_smollm_moe(
             f"need top_k <= n_experts and n_experts dividing intermediate_size {config.intermediate_size}; "
             f"got n_experts={n_experts}, top_k={top_k}"
         )
-    if not 0 <= shared_fraction < 1:
-        raise UserError(f"shared_fraction must be in [0, 1), got {shared_fraction}")
+    if not 0 < shared_fraction < 1:
+        raise UserError(f"shared_fraction must be in (0, 1), got {shared_fraction}")
     n_shared = round(shared_fraction * config.intermediate_size)
     mix = calibration or load_mix("smollm-moe-fit", data_dir=data_dir)
     samples = build_samples(mix, dense_dir).token_ids
@@ -223,44 +282,60 @@ def build_smollm_moe(
             break
         token_ids.append(ids[: fit_tokens - total])
         total += len(token_ids[-1])
-    inputs = _mlp_inputs(model, token_ids)
     state: dict[str, torch.Tensor] = {}
     errors = []
     torch.set_grad_enabled(False)
+    # Layer by layer: each MLP is fitted on the hidden states the already-converted layers produce,
+    # so routing errors do not compound unseen.
+    hidden = [model.model.embed_tokens(torch.tensor(ids)) for ids in token_ids]
     for index, layer in enumerate(model.model.layers):
         prefix = f"model.layers.{index}."
         mlp = layer.mlp
-        shared_ids, groups, router, error = _layer_experts(
-            inputs[index], mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, n_experts, top_k,
-            n_shared, seed + index,
+        captured: list[torch.Tensor] = []
+        hook = mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0].reshape(-1, args[0].shape[-1])))
+        for h in hidden:
+            _run_layer(model, layer, h)
+        hook.remove()
+        shared_ids, groups, router, shared_down, downs, error = _layer_experts(
+            torch.cat(captured), mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, n_experts, top_k,
+            n_shared, seed + index, grouping,
         )
         errors.append(error)
-        state[f"{prefix}block_sparse_moe.gate.weight"] = router
+        layer.mlp = _routed_mlp(mlp.gate_proj.weight, mlp.up_proj.weight, shared_ids, shared_down, groups, downs,
+                                router, top_k)
+        hidden = [_run_layer(model, layer, h) for h in hidden]
+        moe = f"{prefix}mlp."
+        state[f"{moe}gate.weight"] = router
         for expert, group in enumerate(groups):
-            base = f"{prefix}block_sparse_moe.experts.{expert}."
-            neurons = torch.cat([shared_ids, group])
-            state[f"{base}w1.weight"] = mlp.gate_proj.weight[neurons]
-            state[f"{base}w3.weight"] = mlp.up_proj.weight[neurons]
-            # Mixtral's top-k weights sum to 1, so shared neurons (in every expert) add up to exactly
-            # their dense contribution; an expert's own neurons are scaled by top_k so that equal
-            # weights (1/top_k each) give them their dense magnitude.
-            state[f"{base}w2.weight"] = torch.cat(
-                [mlp.down_proj.weight[:, shared_ids], mlp.down_proj.weight[:, group] * top_k], dim=1
-            )
+            base = f"{moe}experts.{expert}."
+            state[f"{base}gate_proj.weight"] = mlp.gate_proj.weight[group]
+            state[f"{base}up_proj.weight"] = mlp.up_proj.weight[group]
+            state[f"{base}down_proj.weight"] = downs[expert]
+        # The shared expert is always on behind a sigmoid gate; a zero gate weight makes that 0.5
+        # for every token, undone by doubling its down projection.
+        state[f"{moe}shared_expert.gate_proj.weight"] = mlp.gate_proj.weight[shared_ids]
+        state[f"{moe}shared_expert.up_proj.weight"] = mlp.up_proj.weight[shared_ids]
+        state[f"{moe}shared_expert.down_proj.weight"] = shared_down * 2
+        state[f"{moe}shared_expert_gate.weight"] = torch.zeros(1, config.hidden_size)
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            state[f"{prefix}self_attn.{name}.weight"] = getattr(layer.self_attn, name).weight
+            weight = getattr(layer.self_attn, name).weight
+            state[f"{prefix}self_attn.{name}.weight"] = weight
+            if name != "o_proj":  # Qwen2-MoE attention has q/k/v biases; the dense model's are zero
+                state[f"{prefix}self_attn.{name}.bias"] = torch.zeros(weight.shape[0])
         state[f"{prefix}input_layernorm.weight"] = layer.input_layernorm.weight
         state[f"{prefix}post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
         if progress:
             progress(f"layer {index}: {n_experts} experts, MLP rebuild error {error:.3f}")
     state["model.embed_tokens.weight"] = model.model.embed_tokens.weight
     state["model.norm.weight"] = model.model.norm.weight
-    # Untied output head: every loader (vLLM's Mixtral included) reads it as a plain tensor.
+    # Untied output head: every loader (vLLM's included) reads it as a plain tensor.
     state["lm_head.weight"] = model.get_output_embeddings().weight
-    moe_config = MixtralConfig(
+    moe_config = Qwen2MoeConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
-        intermediate_size=int(state["model.layers.0.block_sparse_moe.experts.0.w1.weight"].shape[0]),
+        intermediate_size=config.intermediate_size,
+        moe_intermediate_size=int(state["model.layers.0.mlp.experts.0.gate_proj.weight"].shape[0]),
+        shared_expert_intermediate_size=n_shared,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
@@ -269,16 +344,20 @@ def build_smollm_moe(
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
         rope_parameters=getattr(config, "rope_parameters", None),
-        num_local_experts=n_experts,
+        num_experts=n_experts,
         num_experts_per_tok=top_k,
+        norm_topk_prob=True,
+        qkv_bias=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
         tie_word_embeddings=False,
-        sliding_window=None,
+        use_sliding_window=False,
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
         router_aux_loss_coef=0.0,
     )
-    moe_config.architectures = ["MixtralForCausalLM"]
+    moe_config.architectures = ["Qwen2MoeForCausalLM"]
     moe_config.dtype = "bfloat16"
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()},
@@ -295,7 +374,7 @@ def build_smollm_moe(
 class LossMeter:
     """Held-out next-token loss of one checkpoint, with experts optionally masked out per layer.
 
-    Masking removed experts' router logits is exactly what slicing them out does to a Mixtral
+    Masking removed experts' router logits is exactly what slicing them out does to a renormalizing
     router (top-k, then softmax over the chosen logits), so many pruning choices can be compared
     on one loaded model; ``bench prune`` output is checked against it in the tests.
     """
@@ -309,12 +388,13 @@ class LossMeter:
         for index, layer in enumerate(self.model.model.layers):
             router = getattr(getattr(layer, "mlp", None), "gate", None)
             if router is not None and hasattr(router, "top_k"):
-                router.forward = self._masked_forward(router, index)
+                # A bound method, as loaders that wrap forward (compressed-tensors) expect.
+                router.forward = types.MethodType(self._masked_forward(index), router)
 
-    def _masked_forward(self, router: Any, index: int) -> Callable[[torch.Tensor], Any]:
+    def _masked_forward(self, index: int) -> Callable[[Any, torch.Tensor], Any]:
         import torch
 
-        def forward(hidden: torch.Tensor) -> Any:
+        def forward(router: Any, hidden: torch.Tensor) -> Any:
             hidden = hidden.reshape(-1, router.hidden_dim)
             logits = torch.nn.functional.linear(hidden, router.weight)
             mask = self._masks.get(index)

