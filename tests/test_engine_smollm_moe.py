@@ -107,7 +107,8 @@ def test_fp8_real_moe_loses_under_005_nats(built: dict[str, Path], held_out, moe
     print(f"held-out loss: bf16 {bf16_loss:.4f}, fp8 {fp8_loss:.4f}; size {result.before_bytes} -> "
           f"{result.after_bytes}, worst tensor error {result.worst_error:.4f}")
     assert abs(fp8_loss - bf16_loss) < 0.05
-    assert result.after_bytes < 0.6 * result.before_bytes
+    # Embeddings and the untied head (113 MB of 326 MB) stay bf16; every linear weight halves.
+    assert result.after_bytes < 0.7 * result.before_bytes
 
 
 @pytest.mark.vllm

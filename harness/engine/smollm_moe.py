@@ -270,6 +270,8 @@ def build_smollm_moe(
             f"need top_k <= n_experts and n_experts dividing intermediate_size {config.intermediate_size}; "
             f"got n_experts={n_experts}, top_k={top_k}"
         )
+    if getattr(config, "head_dim", None) not in (None, config.hidden_size // config.num_attention_heads):
+        raise UserError(f"{dense_dir}: head_dim {config.head_dim} is not hidden_size / heads, which Qwen2-MoE requires")
     if not 0 < shared_fraction < 1:
         raise UserError(f"shared_fraction must be in (0, 1), got {shared_fraction}")
     n_shared = round(shared_fraction * config.intermediate_size)
@@ -339,7 +341,6 @@ def build_smollm_moe(
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
-        head_dim=getattr(config, "head_dim", None),
         hidden_act=config.hidden_act,
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
