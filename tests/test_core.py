@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -183,6 +184,35 @@ def test_client_does_not_retry_client_errors(flaky_server) -> None:
     with pytest.raises(RequestFailed, match="HTTP 400"):
         _ask(f"http://127.0.0.1:{flaky_server.server_port}/v1")
     assert _Flaky.hits == 1
+
+
+def test_client_times_out_on_a_hung_server_without_retrying() -> None:
+    # A server that accepts the connection and reads the request, then never answers.
+    accepted: list[int] = []
+
+    async def go() -> tuple[str, float, int]:
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(1)
+            await reader.read(65536)
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_server(hang, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = ChatClient(ClientConfig(endpoints=[f"http://127.0.0.1:{port}/v1"], model="m", timeout_s=1.0,
+                                         backoff_s=0.01))
+        started = time.perf_counter()
+        try:
+            await client.chat(Request(messages=[{"role": "user", "content": "hi"}]))
+        except RequestFailed as exc:
+            return str(exc), time.perf_counter() - started, client.stats.retries
+        finally:
+            await client.close()
+            server.close()
+        raise AssertionError("a hung server produced a reply")
+
+    message, elapsed, retries = asyncio.run(go())
+    assert message.endswith("request timed out") and retries == 0 and len(accepted) == 1
+    assert 0.9 < elapsed < 10
 
 
 def test_third_party_pack_is_discovered_without_touching_core(tmp_path: Path) -> None:
