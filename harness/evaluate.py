@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness import __version__, registry
 from harness.aggregate import build_results
-from harness.checkpoint import ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
+from harness.checkpoint import CheckpointInfo, ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
 from harness.client import ChatClient, ClientConfig, normalize_endpoint, server_root
 from harness.errors import PreflightError, UserError
 from harness.pack import Pack
@@ -156,6 +156,31 @@ def _precheck(options: RunOptions) -> None:
         raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
 
 
+def launch_config(options: RunOptions, *, cache_root: Path | None = None) -> tuple[LaunchConfig, CheckpointInfo]:
+    """How ``bench run`` and ``bench serve`` launch vLLM for ``options.model``: checked, parsers chosen."""
+    if not options.model:
+        raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
+    model = Path(options.model).expanduser().resolve()
+    info = read_checkpoint(model)
+    check_checkpoint(info)
+    template_path = Path(options.chat_template).expanduser().resolve() if options.chat_template else None
+    if template_path is not None and not template_path.is_file():
+        raise UserError(f"chat template {template_path} does not exist")
+    config = LaunchConfig(
+        model=model,
+        served_model_name=options.served_model_name or model.name,
+        parsers=_parser_choice(options, choose_parsers(info)),
+        python=resolve_vllm_python(options.vllm_python),
+        port=options.port,
+        max_model_len=options.max_model_len,
+        chat_template=template_path,
+        extra_args=options.vllm_args,
+        startup_timeout_s=options.startup_timeout_s,
+        cache_root=cache_root,
+    )
+    return config, info
+
+
 @contextlib.contextmanager
 def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
     """Launch a server for --model, or check the given endpoints; yield how the model is served."""
@@ -176,28 +201,8 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             tool_call_parser=parsers.tool_call_parser if options.tool_call_parser != "auto" else None,
         )
         return
-    if not options.model:
-        raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
-    model = Path(options.model).expanduser().resolve()
-    info = read_checkpoint(model)
-    check_checkpoint(info)
-    template_path = Path(options.chat_template).expanduser().resolve() if options.chat_template else None
-    if template_path is not None and not template_path.is_file():
-        raise UserError(f"chat template {template_path} does not exist")
-    parsers = _parser_choice(options, choose_parsers(info))
-    name = options.served_model_name or model.name
-    config = LaunchConfig(
-        model=model,
-        served_model_name=name,
-        parsers=parsers,
-        python=resolve_vllm_python(options.vllm_python),
-        port=options.port,
-        max_model_len=options.max_model_len,
-        chat_template=template_path,
-        extra_args=options.vllm_args,
-        startup_timeout_s=options.startup_timeout_s,
-        cache_root=store.root / "vllm-cache",
-    )
+    config, info = launch_config(options, cache_root=store.root / "vllm-cache")
+    template_path, parsers = config.chat_template, config.parsers
     template_text = template_path.read_text(encoding="utf-8") if template_path else info.chat_template
     with serving(config, store.server_log) as server:
         from harness.checkpoint import template_sha256
@@ -206,7 +211,7 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             launched=True,
             command=server.command,
             endpoints=[server.base_url + "/v1"],
-            served_model_name=name,
+            served_model_name=config.served_model_name,
             vllm_version=vllm_version(server.base_url),
             reasoning_parser=parsers.reasoning_parser,
             tool_call_parser=parsers.tool_call_parser,

@@ -186,6 +186,14 @@ def test_failed_start_shows_log_and_command(scripted_model: Path, tmp_path: Path
     assert "--- last lines of" in result.stderr
 
 
+def test_serve_checks_its_input_like_run(scripted_model: Path, tmp_path: Path) -> None:
+    # bench serve and bench run build the launch the same way: the same checks, before any launch.
+    for command in ("serve", "run"):
+        result = bench(command, "--model", str(scripted_model), "--chat-template", str(tmp_path / "missing.j2"))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"error: chat template {tmp_path / 'missing.j2'} does not exist"
+
+
 def test_serve_stops_its_process_group_on_ctrl_c(scripted_model: Path, tmp_path: Path) -> None:
     env = {**os.environ, "BENCH_VLLM_PYTHON": vllm_python()}
     proc = subprocess.Popen([*bench_cmd(), "serve", "--model", str(scripted_model), "--max-model-len", "1024",

@@ -142,21 +142,17 @@ def register(app: typer.Typer) -> None:
         startup_timeout: Annotated[float, typer.Option("--startup-timeout")] = 900.0,
     ) -> None:
         """Launch the checkpoint behind vLLM with the parsers bench would pick, and keep it up until Ctrl-C."""
-        from harness.checkpoint import choose_parsers, read_checkpoint
-        from harness.evaluate import RunOptions, _parser_choice
-        from harness.server import LaunchConfig, check_checkpoint, resolve_vllm_python, serving
+        from harness.evaluate import RunOptions, launch_config
+        from harness.server import serving
 
-        path = model.expanduser().resolve()
-        info = read_checkpoint(path)
-        check_checkpoint(info)
-        options = RunOptions(reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser)
-        parsers = _parser_choice(options, choose_parsers(info))
-        config = LaunchConfig(
-            model=path, served_model_name=served_model_name or path.name, parsers=parsers,
-            python=resolve_vllm_python(vllm_python), port=port, max_model_len=max_model_len,
-            chat_template=chat_template.resolve() if chat_template else None, extra_args=list(vllm_arg or []),
+        options = RunOptions(
+            model=str(model), served_model_name=served_model_name, vllm_python=vllm_python, port=port,
+            max_model_len=max_model_len, chat_template=str(chat_template) if chat_template else None,
+            reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser, vllm_args=list(vllm_arg or []),
             startup_timeout_s=startup_timeout,
         )
+        config, _ = launch_config(options)
+        parsers = config.parsers
         print(f"parsers: {parsers.why}", file=sys.stderr)
         with serving(config, log.resolve()) as server:
             print(f"serving {config.served_model_name} at {server.base_url}/v1 (ready in {server.start_seconds:.1f} s); Ctrl-C stops it")
