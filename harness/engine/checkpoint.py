@@ -144,8 +144,8 @@ class Checkpoint:
     def names_with_prefix(self, prefix: str) -> list[str]:
         return [n for n in self.tensors if n.startswith(prefix)]
 
-    def reader(self) -> TensorReader:
-        return TensorReader(self)
+    def reader(self, window_bytes: int | None = None) -> TensorReader:
+        return TensorReader(self, window_bytes)
 
     def in_file_order(self) -> list[TensorInfo]:
         """Tensors in on-disk order, so a full pass reads every shard sequentially."""
@@ -173,16 +173,30 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return found
 
 
-class TensorReader:
-    """Reads single tensors from a checkpoint, keeping one open handle per shard."""
+# Tensors read from safetensors are views of a memory map whose pages count as this process's
+# memory while the map is open: a windowed reader reopens its files after this many bytes.
+MAP_WINDOW_BYTES = 16 << 20
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+
+class TensorReader:
+    """Reads single tensors from a checkpoint, keeping one open handle per shard.
+
+    With ``window_bytes``, the handles are dropped (and reopened on demand) once that many bytes
+    were read through them, so a streaming pass keeps a window of the checkpoint resident, not all
+    of it. The drop happens at the next read, after the caller is done with the last tensor.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, window_bytes: int | None = None) -> None:
         self._checkpoint = checkpoint
         self._handles: dict[Path, Any] = {}
+        self._window = window_bytes
+        self._read_since_open = 0
 
     def _handle(self, name: str) -> Any:
         from safetensors import safe_open
 
+        if self._window is not None and self._read_since_open >= self._window:
+            self.close()
         info = self._checkpoint.tensors.get(name)
         if info is None:
             raise UserError(f"tensor {name!r} is not in {self._checkpoint.path}")
@@ -193,11 +207,15 @@ class TensorReader:
         return handle
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        tensor = self._handle(name).get_tensor(name)
+        self._read_since_open += tensor.nbytes
+        return tensor
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the first dimension, without reading the rest of the tensor."""
-        return self._handle(name).get_slice(name)[start:stop]
+        tensor = self._handle(name).get_slice(name)[start:stop]
+        self._read_since_open += tensor.nbytes
+        return tensor
 
     def row_chunks(self, name: str, max_bytes: int = 256 << 20, multiple: int = 1) -> Iterator[torch.Tensor]:
         """The tensor in first-dimension chunks of at most ``max_bytes`` (rows a multiple of ``multiple``)."""
@@ -212,6 +230,7 @@ class TensorReader:
 
     def close(self) -> None:
         self._handles.clear()
+        self._read_since_open = 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.engine.checkpoint import (
+    MAP_WINDOW_BYTES,
     Checkpoint,
     PlannedTensor,
     TensorInfo,
@@ -29,7 +30,6 @@ from harness.engine.checkpoint import (
     write_streamed,
 )
 from harness.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
-from harness.engine.reap import MAP_WINDOW_BYTES
 from harness.errors import UserError
 from harness.pruning import PRUNING_FILE
 
@@ -134,9 +134,9 @@ def write_pruned(
     chunk_bytes: int = MAP_WINDOW_BYTES,
 ) -> None:
     """Stream the planned tensors from the source checkpoint into ``out_dir``."""
-    reader = checkpoint.reader()
+    reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
 
-    def pieces() -> Iterator[tuple[str, torch.Tensor]]:
+    def stream() -> Iterator[tuple[str, torch.Tensor]]:
         for item in plan:
             if item.rows is None:
                 for chunk in reader.row_chunks(item.source, chunk_bytes):
@@ -144,17 +144,6 @@ def write_pruned(
             else:
                 for row in item.rows:
                     yield item.out.name, reader.rows(item.source, row, row + 1)
-
-    def stream() -> Iterator[tuple[str, torch.Tensor]]:
-        # Reopen the source's memory maps every window: this process then holds a window of the
-        # checkpoint, not all of it (see MAP_WINDOW_BYTES).
-        since_release = 0
-        for name, tensor in pieces():
-            yield name, tensor
-            since_release += tensor.nbytes
-            if since_release >= MAP_WINDOW_BYTES:
-                reader.close()
-                since_release = 0
 
     write_streamed(out_dir, [t.out for t in plan], stream(), max_shard_bytes=max_shard_bytes)
     reader.close()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.engine.checkpoint import Checkpoint, TensorReader
+from harness.engine.checkpoint import MAP_WINDOW_BYTES, Checkpoint, TensorReader
 from harness.engine.moe import MoEModel, MoELayer, set_expert_count, text_config
 from harness.errors import UserError
 
@@ -36,11 +36,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from harness.engine.prune import PruneOptions
-
-
-# Tensors read from safetensors are views of a memory map whose pages count as this process's
-# memory while the map is open: readers are closed (and reopen on demand) after this many bytes.
-MAP_WINDOW_BYTES = 16 << 20
 
 
 def peak_rss_bytes() -> int:
@@ -177,17 +172,12 @@ def _fill_experts(reader: TensorReader, block: str, ids: list[int], stems: tuple
     rows, width = sum(t.shape[0] for t in first), first[0].shape[1]
     out = torch.empty((len(ids), rows, width), dtype=dtype)
     del first
-    since_release = 0
     for slot, expert in enumerate(ids):
         start = 0
         for stem in stems:
             part = reader.get(f"{block}experts.{expert}.{stem}.weight")
             out[slot, start : start + part.shape[0]].copy_(part)
             start += part.shape[0]
-            since_release += part.nbytes
-        if since_release >= MAP_WINDOW_BYTES:  # see MAP_WINDOW_BYTES: the copied pages need not stay resident
-            reader.close()
-            since_release = 0
     return out
 
 
@@ -219,7 +209,8 @@ class LayerRunner:
 
         self.checkpoint = checkpoint
         self.moe = moe
-        self.reader = checkpoint.reader()
+        # Windowed: the copied expert pages need not stay resident (see MAP_WINDOW_BYTES).
+        self.reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         config = self._config(checkpoint.config)
