@@ -7,7 +7,8 @@ How (MoEfication): each layer's MLP neurons are split into ``n_experts`` equal g
 neurons that fire together, found by balanced k-means on their contribution profiles over
 calibration tokens (|activation| x norm of the neuron's output column). Expert ``e`` is the
 SwiGLU MLP restricted to its neurons. A linear router is fitted by least squares to predict, per
-token, how large each expert's output is, so top-k picks the experts that matter for that token.
+token, how much each expert's output helps rebuild the dense one, so top-k picks the experts that
+matter for that token.
 The neurons that matter most on the calibration text form an always-on shared expert (as in
 Qwen2-MoE and DeepSeek-MoE), so an expert's saliency measures its own neurons only. Finally the
 down projections are refitted (ridge least squares, routing weights included) so the routed MLP
@@ -73,7 +74,7 @@ def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed:
 
 def _layer_experts(
     inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, n_experts: int, top_k: int,
-    shared: int, seed: int, grouping: str = "coactivation",
+    shared: int, seed: int,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
     """Shared neurons, per-expert neuron groups, router [E, H], shared and expert down projections, rebuild error."""
     import torch
@@ -84,13 +85,9 @@ def _layer_experts(
     n_own = (len(order) - shared) // n_experts * n_experts
     shared_ids = order[: len(order) - n_own]  # the most important neurons (plus any remainder)
     own = order[len(order) - n_own :]
-    if grouping == "importance":
-        # Bands of neurons by importance: experts differ in how much they matter, as trained ones do.
-        groups = list(own.reshape(n_experts, -1))
-    else:
-        # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
-        assignment = balanced_kmeans(profile[:2048, own].T, n_experts, seed=seed)
-        groups = [own[assignment == e] for e in range(n_experts)]
+    # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
+    assignment = balanced_kmeans(profile[:2048, own].T, n_experts, seed=seed)
+    groups = [own[assignment == e] for e in range(n_experts)]
     outputs = torch.stack([act[:, g] @ down[:, g].T for g in groups])  # [E, T, H]
     always = act[:, shared_ids] @ down[:, shared_ids].T
     # How much including each expert shrinks the error of the remaining dense sum: neuron
@@ -185,10 +182,7 @@ def _moe_output(outputs: torch.Tensor, logits: torch.Tensor, top_k: int) -> torc
     """Renormalized top-k routing: softmax over the top-k logits weights the chosen experts' outputs."""
     import torch
 
-    values, index = torch.topk(logits, top_k, dim=-1)
-    weights = torch.softmax(values, dim=-1)  # [T, k]
-    chosen = outputs.permute(1, 0, 2).gather(1, index[..., None].expand(-1, -1, outputs.shape[-1]))
-    return (chosen * weights[..., None]).sum(1)
+    return torch.einsum("te,eth->th", _routing_weights(logits, top_k), outputs)
 
 
 def _routed_mlp(gate: torch.Tensor, up: torch.Tensor, shared_ids: torch.Tensor, shared_down: torch.Tensor,
@@ -230,7 +224,6 @@ def build_smollm_moe(
     calibration: Mix | None = None,
     data_dir: Path | str | None = None,
     fit_tokens: int = 8192,
-    grouping: str = "coactivation",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
@@ -300,7 +293,7 @@ def build_smollm_moe(
         hook.remove()
         shared_ids, groups, router, shared_down, downs, error = _layer_experts(
             torch.cat(captured), mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, n_experts, top_k,
-            n_shared, seed + index, grouping,
+            n_shared, seed + index,
         )
         errors.append(error)
         layer.mlp = _routed_mlp(mlp.gate_proj.weight, mlp.up_proj.weight, shared_ids, shared_down, groups, downs,
@@ -424,19 +417,3 @@ class LossMeter:
                 total += float(torch.nn.functional.cross_entropy(logits, batch[0, 1:], reduction="sum"))
                 count += len(ids) - 1
         return total / count
-
-
-def text_loss(model_dir: Path | str, token_ids: list[list[int]]) -> float:
-    """Mean next-token cross-entropy (nats) of a checkpoint over ``token_ids``, via transformers."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for ids in token_ids:
-            batch = torch.tensor([ids])
-            logits = model(batch).logits[0, :-1]
-            total += float(torch.nn.functional.cross_entropy(logits, batch[0, 1:], reduction="sum"))
-            count += len(ids) - 1
-    return total / count

