@@ -9,6 +9,7 @@ similarity >= 0.98 and relative L2 error <= 0.25. The real-language check (held-
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,70 @@ def test_fast_fp8_cast_equals_torch_cast_for_every_code() -> None:
     assert torch.equal(ours.nan_to_num(0.0), theirs.nan_to_num(0.0))
     assert torch.equal(ours.signbit(), theirs.signbit())
     assert torch.equal(fp8_to_float32(codes.reshape(4, 8, 8)).nan_to_num(0.0), theirs.nan_to_num(0.0).reshape(4, 8, 8))
+
+
+def _torch_cast_rows(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Codes, scales and relative error by torch's own float8 cast: what the fast path must equal."""
+    ref = weights.float()
+    q, scale = quantize_rows(ref, None)
+    error = (q.double() * scale.double() - ref.double()).norm() / ref.double().norm()  # float64: no overflow
+    return q.view(torch.uint8), scale, float(error)
+
+
+def test_channel_quantizer_is_torch_cast_for_every_bfloat16_weight() -> None:
+    """Every finite bfloat16, in rows of mixed magnitudes (subnormal codes) and of like ones."""
+    from harness.engine.fp8 import ChannelQuantizer
+
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    finite = every[torch.isfinite(every)]  # 255 x 256 values
+    mixed = finite[torch.randperm(len(finite), generator=torch.Generator().manual_seed(0))]
+    for source in (mixed, finite):
+        shapes = [(99, 256), (3, 512), (50, 256), (50, 256), (50, 256)]
+        blocks = ChannelQuantizer().quantize(source, shapes)
+        start = 0
+        for (rows, cols), block in zip(shapes, blocks, strict=True):
+            codes, scale, error = _torch_cast_rows(source[start : start + rows * cols].view(rows, cols))
+            start += rows * cols
+            assert torch.equal(block.codes.view(torch.uint8), codes)
+            assert torch.equal(block.scale, scale)
+            assert math.sqrt(block.err_sq / block.ref_sq) == pytest.approx(error, rel=1e-5)
+
+
+def test_channel_quantizer_rounds_ties_to_even_as_torch_does() -> None:
+    """Float32 weights on, and one step either side of, every midpoint between two e4m3 values."""
+    from harness.engine.fp8 import ChannelQuantizer
+
+    values = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # 0 .. 448
+    mid = (values[:-1] + values[1:]) / 2
+    near = torch.cat([mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1), values])
+    row = torch.cat([torch.tensor([448.0]), near, -near, torch.tensor([-0.0, 0.0])])  # amax 448: scale 1
+    row = torch.nn.functional.pad(row, (0, -len(row) % 8))
+    (block,) = ChannelQuantizer().quantize(row, [(1, len(row))])
+    codes, scale, _ = _torch_cast_rows(row[None])
+    assert float(scale) == 1.0
+    assert torch.equal(block.codes.view(torch.uint8), codes)
+
+
+@pytest.mark.parametrize("layout", ["per_expert", "fused"])
+def test_every_quantized_weight_is_torch_cast_of_its_source(layout: str, per_expert: Path, fused: Path,
+                                                            tmp_path: Path) -> None:
+    """Runs of experts read and quantized together, in whole and in small pieces, write torch's bytes."""
+    from safetensors.torch import load_file
+
+    source = per_expert if layout == "per_expert" else fused
+    src = load_file(str(source / "model.safetensors"))
+    for chunk_bytes in (64 << 20, 4096):
+        result = quantize_checkpoint(source, tmp_path / str(chunk_bytes), unfuse=False, chunk_bytes=chunk_bytes)
+        out = load_file(str(tmp_path / str(chunk_bytes) / "model.safetensors"))
+        quantized = [name for name, tensor in out.items() if tensor.dtype == torch.float8_e4m3fn]
+        assert len(quantized) == result.quantized > 0
+        for name in quantized:
+            weight = src[name]
+            codes, scale, error = _torch_cast_rows(weight.reshape(-1, weight.shape[-1]))
+            assert torch.equal(out[name].view(torch.uint8).reshape(codes.shape), codes), name
+            scale_name = name.removesuffix(".weight") + ".weight_scale" if name.endswith(".weight") else name + "_scale"
+            assert torch.equal(out[scale_name].reshape(scale.shape), scale), name
+            assert result.errors[name] == pytest.approx(error, rel=1e-5), name
 
 
 def test_plan_quantizes_every_linear_and_expert_keeps_the_rest(per_expert: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import shutil
 import struct
@@ -189,6 +190,7 @@ class TensorReader:
     def __init__(self, checkpoint: Checkpoint, window_bytes: int | None = None) -> None:
         self._checkpoint = checkpoint
         self._handles: dict[Path, Any] = {}
+        self._maps: dict[Path, tuple[mmap.mmap, int]] = {}
         self._window = window_bytes
         self._read_since_open = 0
 
@@ -220,17 +222,52 @@ class TensorReader:
     def row_chunks(self, name: str, max_bytes: int = 256 << 20, multiple: int = 1) -> Iterator[torch.Tensor]:
         """The tensor in first-dimension chunks of at most ``max_bytes`` (rows a multiple of ``multiple``)."""
         info = self._checkpoint.tensors[name]
-        if len(info.shape) == 0 or info.nbytes <= max_bytes:
-            yield self.get(name)
+        mappable = info.dtype in TORCH_TO_ST.values() and len(info.shape) > 0
+        if not mappable or info.nbytes <= max_bytes:
+            yield self.span(info, 0, info.numel).view(info.shape) if mappable else self.get(name)
             return
         row_bytes = max(info.nbytes // info.shape[0], 1)
         step = max(max_bytes // row_bytes // multiple, 1) * multiple
+        row_numel = info.numel // info.shape[0]
         for start in range(0, info.shape[0], step):
-            yield self.rows(name, start, min(start + step, info.shape[0]))
+            stop = min(start + step, info.shape[0])
+            yield self.span(info, start * row_numel, (stop - start) * row_numel).view(stop - start, *info.shape[1:])
+
+    def span(self, info: TensorInfo, start: int, count: int) -> torch.Tensor:
+        """``count`` elements of ``info``'s dtype from element ``start``, as a flat view of the file.
+
+        The view may run past the end of ``info`` into the tensors stored right after it, so one
+        read covers a run of adjacent same-dtype tensors (every expert of a layer): a per-tensor
+        read through safetensors costs tens of microseconds, a cost paid per expert otherwise.
+        """
+        import torch
+
+        if self._window is not None and self._read_since_open >= self._window:
+            self.close()
+        mapped = self._maps.get(info.file)
+        if mapped is None:
+            with info.file.open("rb") as fh:
+                # Copy-on-write pages are never written here; a read-only map would make torch warn.
+                mapped = (mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY), _data_start(info.file))
+            self._maps[info.file] = mapped
+        itemsize = int(DTYPE_BYTES[info.dtype])
+        offset = mapped[1] + info.offset + start * itemsize
+        if offset + count * itemsize > len(mapped[0]):
+            raise UserError(f"{info.file} is shorter than its header says (tensor {info.name!r})")
+        self._read_since_open += count * itemsize
+        return torch.frombuffer(mapped[0], dtype=torch_dtype(info.dtype), count=count, offset=offset)
 
     def close(self) -> None:
         self._handles.clear()
+        self._maps.clear()  # each map is unmapped once the last tensor viewing it is gone
         self._read_since_open = 0
+
+
+def _data_start(path: Path) -> int:
+    """Byte offset of a safetensors file's data section (after the length and the JSON header)."""
+    with path.open("rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+    return 8 + int(header_len)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +305,16 @@ TORCH_TO_ST = {
 
 def st_dtype(tensor: torch.Tensor) -> str:
     return TORCH_TO_ST[str(tensor.dtype)]
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (the inverse of :func:`st_dtype`)."""
+    import torch
+
+    for name, st in TORCH_TO_ST.items():
+        if st == code:
+            return getattr(torch, name.removeprefix("torch."))  # type: ignore[no-any-return]
+    raise UserError(f"safetensors dtype {code} has no torch equivalent here")
 
 
 def shard_plan(plan: list[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:

@@ -7,13 +7,16 @@ every expert in both on-disk layouts: per-expert 2D tensors and fused ``[n_exper
 tensors, which get ``[n_experts, out, 1]`` scales. Routers, norms, embeddings and lm_head stay
 in their original precision, and are listed in the config's ``ignore`` so loaders know.
 
-The work is streamed: the output layout is planned from headers, then each tensor is read in
-row chunks (experts, for fused tensors), quantized, and appended to the output file. Peak memory
-is one chunk, whatever the model size.
+The work is streamed: the output layout is planned from headers, then the weights are read in
+row chunks straight from a memory map (a run of adjacent small tensors, such as a layer's
+experts, as one chunk), quantized, and appended to the output file. Peak memory is one chunk,
+whatever the model size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import re
 import shutil
@@ -24,9 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.engine.checkpoint import (
+    DTYPE_BYTES,
+    MAP_WINDOW_BYTES,
     Checkpoint,
     PlannedTensor,
     TensorInfo,
+    TensorReader,
     copy_side_files,
     predicted_file_bytes,
     write_config,
@@ -257,6 +263,166 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, block: int | None) -> 
     return fp8_to_float32(q).mul_(expanded)
 
 
+# Elements quantized together: 2 MiB of float32, large enough that each torch op's fixed cost is
+# small against its pass over memory, small enough that the working buffers stay in cache.
+BATCH_ELEMENTS = 1 << 19
+# float32 bits of 2**-14: e4m3's smallest normal (2**-6) in the 2**-8-scaled domain used below.
+_MIN_NORMAL_BITS = 113 << 23
+
+
+@dataclass(frozen=True)
+class ChannelCodes:
+    """One ``[rows, cols]`` block quantized per output channel, with its error sums."""
+
+    codes: torch.Tensor  # float8_e4m3fn view into the quantizer's buffer: valid until its next call
+    scale: torch.Tensor  # [rows, 1] float32
+    err_sq: float  # squared Frobenius norm of dequantized minus original
+    ref_sq: float  # squared Frobenius norm of the original
+
+
+@dataclass(frozen=True)
+class _RunLayout:
+    """Where the rows of a run of blocks lie, in parts of ``width`` elements."""
+
+    width: int
+    part_row: torch.Tensor  # the row each part belongs to (int64)
+    rows: int
+    part_block: torch.Tensor  # the block each part belongs to (int64)
+
+
+class ChannelQuantizer:
+    """Per-output-channel FP8 (``quantize_rows(w, None)``, bit for bit) of many blocks in one pass.
+
+    Quantizing is a chain of elementwise torch ops, each one sweep over memory plus a fixed cost:
+    per-expert tensors are small, so the blocks of a whole run of them are done together in
+    buffers reused from call to call (fresh large tensors cost page faults on every call). The
+    e4m3 encoding is done in float and integer steps whose intermediate is the rounded value
+    itself, so the exact error needs no decoding pass: torch's float8 cast and a decode back cost
+    about twice as much as these steps.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._layouts: dict[tuple[tuple[int, int], ...], _RunLayout] = {}
+
+    def _buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        import torch
+
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < n:
+            buffer = torch.empty(n, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:n]
+
+    def quantize(self, source: torch.Tensor, shapes: list[tuple[int, int]]) -> list[ChannelCodes]:
+        """Quantize ``source`` (flat; float16, bfloat16 or float32), which holds ``shapes`` back to back."""
+        import torch
+
+        n = source.numel()
+        if n != sum(rows * cols for rows, cols in shapes):
+            raise ValueError(f"{n} source elements do not hold blocks {shapes}")
+        layout = self._layout(tuple(shapes))
+        magnitude = self._buffer("magnitude", n, torch.float32).copy_(source).abs_()
+        grid = magnitude.view(-1, layout.width)
+        part_max = grid.amax(dim=-1)
+        if not math.isfinite(float(part_max.max())):
+            return self._reference(source, shapes)
+        row_max = torch.zeros(layout.rows).scatter_reduce_(0, layout.part_row, part_max, "amax")
+        scales = row_max.div_(FP8_MAX).clamp_(min=torch.finfo(torch.float32).tiny)
+        divisor = torch.index_select(scales, 0, layout.part_row, out=self._buffer("divisor", len(part_max),
+                                                                                   torch.float32)).mul_(256.0)
+        # |w| / (scale * 2**8) is exactly |w| / scale / 2**8: at most 448 / 2**8 (the cast's clamp).
+        scaled = grid.div_(divisor[:, None]).view(-1)
+        # Norms are taken of scaled values (at most 1.75), then scaled back in float64: never overflow.
+        part_ref = torch.linalg.vector_norm(grid, dim=-1)
+        scratch = self._buffer("scratch", n, torch.int32)
+        rounded = round_to_e4m3(scaled, scratch, self._buffer("rounded", n, torch.float32))
+        part_err = torch.linalg.vector_norm(scaled.sub_(rounded).view(-1, layout.width), dim=-1)
+        # The scratch's two halves hold the float16 step and the signs: fewer bytes cycle through cache.
+        halves = scratch.view(torch.int16)
+        negative = _negative(source, halves[n:])
+        codes = e4m3_codes(rounded, negative, halves[:n].view(torch.float16), self._buffer("codes", n, torch.uint8))
+        squares = torch.stack([part_err, part_ref]).double().mul_(divisor.double()).square_()
+        sums = torch.zeros(2, len(shapes), dtype=torch.float64).index_add_(1, layout.part_block, squares)
+        out, start, row = [], 0, 0
+        for (rows, cols), (err, ref) in zip(shapes, sums.T.tolist(), strict=True):
+            out.append(ChannelCodes(codes[start : start + rows * cols].view(rows, cols),
+                                    scales[row : row + rows, None], err, ref))
+            start += rows * cols
+            row += rows
+        return out
+
+    def _layout(self, shapes: tuple[tuple[int, int], ...]) -> _RunLayout:
+        """Index tensors for ``shapes``, kept: runs repeat the same shapes layer after layer."""
+        import torch
+
+        layout = self._layouts.get(shapes)
+        if layout is None:
+            # Every row is a whole number of parts of this width, so the row-wise reductions run
+            # once over the whole run, and each row then combines its parts' figures.
+            width = math.gcd(*(cols for _, cols in shapes))
+            total_rows = sum(rows for rows, _ in shapes)
+            parts_per_row = torch.tensor([cols // width for rows, cols in shapes for _ in range(rows)])
+            part_row = torch.repeat_interleave(torch.arange(total_rows), parts_per_row)
+            parts_per_block = torch.tensor([rows * cols // width for rows, cols in shapes])
+            part_block = torch.repeat_interleave(torch.arange(len(shapes)), parts_per_block)
+            layout = _RunLayout(width, part_row, total_rows, part_block)
+            self._layouts[shapes] = layout
+        return layout
+
+    def _reference(self, source: torch.Tensor, shapes: list[tuple[int, int]]) -> list[ChannelCodes]:
+        """Non-finite weights: torch's own cast decides what infinities and NaNs become."""
+        import torch
+
+        out, start = [], 0
+        for rows, cols in shapes:
+            ref = source[start : start + rows * cols].view(rows, cols).to(torch.float32)
+            q, scale = quantize_rows(ref, None)
+            err = float(torch.linalg.vector_norm(dequantize_rows(q, scale, None).sub_(ref))) ** 2
+            out.append(ChannelCodes(q, scale, err, float(torch.linalg.vector_norm(ref)) ** 2))
+            start += rows * cols
+        return out
+
+
+def round_to_e4m3(scaled: torch.Tensor, power: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Each of ``scaled`` (float32, >= 0, an e4m3-range value times 2**-8) at the nearest e4m3 step.
+
+    Adding 2**20 times the value's power of two pushes every bit below its fourth significant
+    bit out of the float32 significand, so the addition rounds there (to nearest, ties to even,
+    as torch's cast does) and subtracting it back is exact. Below e4m3's smallest normal the
+    power of two stays at that normal's, which gives the subnormals' fixed step. ``power``
+    (int32) and ``out`` (float32) are scratch of ``scaled``'s size; ``out`` is returned.
+    """
+    import torch
+
+    bits = torch.bitwise_and(scaled.view(torch.int32), 0x7F800000, out=power).clamp_(min=_MIN_NORMAL_BITS)
+    torch.add(scaled, bits.view(torch.float32), alpha=2.0**20, out=out)
+    return out.sub_(bits.view(torch.float32), alpha=2.0**20)
+
+
+def e4m3_codes(rounded: torch.Tensor, negative: torch.Tensor, half: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn codes of ``rounded`` (from :func:`round_to_e4m3`), negative where ``negative`` is -1.
+
+    An e4m3 value times 2**-8 is a float16 whose bits are the e4m3 code's moved up 7 (the
+    inverse of :func:`fp8_to_float32`), so float16's vectorized conversion does the encoding.
+    ``half`` (float16) and ``out`` (uint8) are scratch of the same size; ``out`` is returned.
+    """
+    import torch
+
+    half.copy_(rounded)
+    bits = half.view(torch.int16).bitwise_right_shift_(7)
+    return torch.sub(bits, negative, alpha=128, out=out).view(torch.float8_e4m3fn)  # sign bit: +128
+
+
+def _negative(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """-1 (int16) where ``source``'s sign bit is set, else 0: the sign of the code, -0.0 included."""
+    import torch
+
+    if source.element_size() == 2:  # bfloat16 and float16 keep the sign in bit 15
+        return torch.bitwise_right_shift(source.view(torch.int16), 15, out=out)
+    return out.copy_(source.to(torch.float32).view(torch.int32).bitwise_right_shift(31))
+
+
 def fp8_to_float32(q: torch.Tensor) -> torch.Tensor:
     """``q.to(torch.float32)`` for float8_e4m3fn, value for value, NaN included.
 
@@ -273,6 +439,171 @@ def fp8_to_float32(q: torch.Tensor) -> torch.Tensor:
     nan_bits = (code & 0x7F).add_(1).bitwise_right_shift_(7).neg_().bitwise_and_(0x7E00)  # 0x7e00 where NaN
     half = code.bitwise_left_shift_(7).bitwise_and_(~0x4000).bitwise_or_(nan_bits)  # sign to bit 15
     return half.view(torch.float16).to(torch.float32).mul_(256.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: which rows are read together, in what order they are written
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows of one quantized output: where they lie in the source file and the shape they are written in."""
+
+    plan: TensorPlan
+    start: int  # first element within the source tensor
+    rows: int
+    cols: int
+    shape: tuple[int, ...]  # a fused tensor's chunk keeps its [experts, out, in] form
+    last: bool  # the output's final piece: its scale and error are complete after it
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+    def follows(self, other: Piece) -> bool:
+        """This piece's data starts in the file where ``other``'s ends (same file and dtype)."""
+        mine, theirs = self.plan.source, other.plan.source
+        if mine.file != theirs.file or mine.dtype != theirs.dtype:
+            return False
+        size = DTYPE_BYTES[mine.dtype]
+        return mine.offset + self.start * size == theirs.offset + (other.start + other.numel) * size
+
+
+def pieces(item: TensorPlan, budget: int) -> list[Piece]:
+    """``item``'s rows in pieces of about ``budget`` elements (whole experts for a fused output)."""
+    shape = item.source.shape
+    if item.select is not None:  # one expert's projection out of a fused [experts, out, in] tensor
+        expert, begin, stop = item.select
+        first, rows, cols, group = (expert * shape[1] + begin) * shape[2], stop - begin, shape[2], 1
+    elif len(shape) == 3:  # a fused tensor kept fused: written in chunks of whole experts
+        first, rows, cols, group = 0, shape[0] * shape[1], shape[2], shape[1]
+    else:
+        first, rows, cols, group = 0, shape[0], shape[1], 1
+    step = max(budget // (cols * group), 1) * group
+    out = []
+    for row in range(0, rows, step):
+        count = min(step, rows - row)
+        written = (count // group, group, cols) if len(shape) == 3 and item.select is None else (count, cols)
+        out.append(Piece(item, first + row * cols, count, cols, written, row + step >= rows))
+    return out
+
+
+@dataclass
+class _Sums:
+    """One output's scales and error sums, gathered over its pieces."""
+
+    scales: list[torch.Tensor] = field(default_factory=list)
+    err_sq: float = 0.0
+    ref_sq: float = 0.0
+
+
+class QuantizedStream:
+    """The output tensors of a plan, in plan order, for :func:`write_streamed`.
+
+    Kept tensors are copied through. Per-channel outputs are cut into pieces, and runs of pieces
+    that lie back to back in the file (every expert of a layer) are read as one span and
+    quantized together; block-scaled outputs go one chunk at a time.
+    """
+
+    def __init__(self, plan: QuantPlan, reader: TensorReader, chunk_bytes: int,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.plan = plan
+        self.reader = reader
+        self.chunk_bytes = chunk_bytes
+        # The quantizer's buffers hold about 16 bytes per element.
+        self.budget = max(min(BATCH_ELEMENTS, chunk_bytes // 16), 1)
+        self.progress = progress
+        self.errors: dict[str, float] = {}
+        self._quantizer = ChannelQuantizer()
+        self._sums: dict[str, _Sums] = {}
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        run: list[Piece] = []
+        for item in self.plan.tensors:
+            if item.action == "keep" or self.plan.block is not None:
+                yield from self._quantize_run(run)
+                run = []
+                if item.action == "keep":
+                    for chunk in self.reader.row_chunks(item.source.name, self.chunk_bytes):
+                        yield item.source.name, chunk
+                else:
+                    yield from self._block_scaled(item)
+                continue
+            for piece in pieces(item, self.budget):
+                if run and (not piece.follows(run[-1]) or sum(p.numel for p in run) + piece.numel > self.budget):
+                    yield from self._quantize_run(run)
+                    run = []
+                run.append(piece)
+        yield from self._quantize_run(run)
+
+    def _quantize_run(self, run: list[Piece]) -> Iterator[tuple[str, torch.Tensor]]:
+        if not run:
+            return
+        source = self.reader.span(run[0].plan.source, run[0].start, sum(p.numel for p in run))
+        results = self._quantizer.quantize(source, [(p.rows, p.cols) for p in run])
+        for piece, result in zip(run, results, strict=True):
+            weight, scale = piece.plan.outputs
+            yield weight.name, result.codes.view(piece.shape)
+            sums = self._sums.setdefault(weight.name, _Sums())
+            sums.scales.append(result.scale)
+            sums.err_sq += result.err_sq
+            sums.ref_sq += result.ref_sq
+            if piece.last:
+                del self._sums[weight.name]
+                yield scale.name, torch_cat(sums.scales).view(scale.shape)
+                self._record(weight.name, sums.err_sq, sums.ref_sq)
+
+    def _block_scaled(self, item: TensorPlan) -> Iterator[tuple[str, torch.Tensor]]:
+        import torch
+
+        name = item.source.name
+        if item.select is not None:
+            expert, start, stop = item.select
+            chunks: Iterator[torch.Tensor] = iter([self.reader.rows(name, expert, expert + 1)[0, start:stop]])
+        else:
+            multiple = self.plan.block if len(item.source.shape) == 2 else 1
+            chunks = self.reader.row_chunks(name, self.chunk_bytes, multiple=multiple or 1)
+        scales: list[torch.Tensor] = []
+        err_sq = ref_sq = 0.0
+        for chunk in chunks:
+            ref = chunk.to(torch.float32)
+            q, scale = quantize_rows(ref, self.plan.block)
+            err_sq += float(torch.linalg.vector_norm(dequantize_rows(q, scale, self.plan.block).sub_(ref))) ** 2
+            ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
+            del ref
+            scales.append(scale)
+            yield item.outputs[0].name, q
+        yield item.outputs[1].name, torch.cat(scales, dim=0)
+        self._record(item.outputs[0].name, err_sq, ref_sq)
+
+    def _record(self, name: str, err_sq: float, ref_sq: float) -> None:
+        self.errors[name] = math.sqrt(err_sq / ref_sq) if ref_sq > 0 else 0.0
+        if self.progress:
+            self.progress(f"{name}: rel. error {self.errors[name]:.4f}")
+
+
+def torch_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along rows, without a copy for the usual single piece."""
+    import torch
+
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+
+
+@contextlib.contextmanager
+def without_cycle_collector() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector during a conversion.
+
+    Its many small allocations trigger full collections, and each one walks every object the
+    process holds: about 0.2 s with torch and compressed-tensors loaded, a quarter of a whole
+    small-model conversion. A conversion makes no reference cycles, so nothing waits on them.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +627,7 @@ class FP8Result:
     scheme: str = "FP8_DYNAMIC"
 
 
+@without_cycle_collector()
 def quantize_checkpoint(
     model_dir: Path | str,
     out_dir: Path | str,
@@ -320,47 +652,16 @@ def quantize_checkpoint(
         chunk_bytes: largest piece of one tensor held in memory at a time.
         progress: called with a short line per tensor group, for the CLI.
     """
-    import torch
-
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise UserError("--out must differ from --model: quantization writes a new checkpoint")
     checkpoint = Checkpoint.open(model_dir)
     plan = plan_quantization(checkpoint, block=block, skip_experts=skip_experts, unfuse=unfuse)
-    errors: dict[str, float] = {}
-    reader = checkpoint.reader()
-
-    def stream() -> Iterator[tuple[str, torch.Tensor]]:
-        for item in plan.tensors:
-            name = item.source.name
-            if item.action == "keep":
-                for chunk in reader.row_chunks(name, chunk_bytes):
-                    yield name, chunk
-                continue
-            multiple = block if (block and len(item.source.shape) == 2) else 1
-            scales: list[torch.Tensor] = []
-            err_sq = ref_sq = 0.0
-            if item.select is not None:
-                expert, start, stop = item.select
-                chunks: Iterator[torch.Tensor] = iter([reader.rows(name, expert, expert + 1)[0, start:stop]])
-                name = item.outputs[0].name
-            else:
-                chunks = reader.row_chunks(name, chunk_bytes, multiple=multiple)
-            for chunk in chunks:
-                ref = chunk.to(torch.float32)
-                q, scale = quantize_rows(ref, block)
-                err_sq += float(torch.linalg.vector_norm(dequantize_rows(q, scale, block).sub_(ref))) ** 2
-                ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
-                del ref
-                scales.append(scale)
-                yield name, q
-            errors[name] = math.sqrt(err_sq / ref_sq) if ref_sq > 0 else 0.0
-            yield item.outputs[1].name, torch.cat(scales, dim=0)
-            if progress:
-                progress(f"{name}: rel. error {errors[name]:.4f}")
-
-    write_streamed(out_dir, plan.output, stream(), max_shard_bytes=max_shard_bytes)
+    reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
+    stream = QuantizedStream(plan, reader, chunk_bytes, progress)
+    write_streamed(out_dir, plan.output, stream.tensors(), max_shard_bytes=max_shard_bytes)
+    errors = stream.errors
     reader.close()
     config = dict(checkpoint.config)
     config["quantization_config"] = quantization_config(plan)
