@@ -56,19 +56,39 @@ def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
         assert torch.allclose(hidden, reference, atol=1e-5), family
 
 
+def test_built_layer_keeps_bfloat16_experts_and_computes_as_float32(tmp_path: Path) -> None:
+    """Experts stay at their stored precision (half the memory) and the layer's output is unchanged."""
+    from harness.engine.reap import LayerRunner
+
+    path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
+    checkpoint = Checkpoint.open(path)
+    assert checkpoint.tensors["model.layers.0.mlp.experts.0.up_proj.weight"].dtype == "BF16"
+    runner = LayerRunner(checkpoint, resolve(checkpoint))
+    module = runner.build(0)
+    experts = module.mlp.experts
+    assert experts.gate_up_proj.dtype == experts.down_proj.dtype == torch.bfloat16
+    assert module.self_attn.q_proj.weight.dtype == torch.float32
+    with torch.inference_mode():
+        hidden = runner.embed([list(range(3, 40))])[0]
+        lean = runner.forward(module, hidden)
+        experts.gate_up_proj.data, experts.down_proj.data = experts.gate_up_proj.float(), experts.down_proj.float()
+        wide = runner.forward(module, hidden)
+    assert torch.equal(lean, wide)
+
+
 def test_scored_layer_is_freed_without_the_cycle_collector(tmp_path: Path) -> None:
     """The scoring hook must not keep a layer's expert weights alive after the layer is dropped."""
     import gc
     import weakref
 
-    from harness.engine.reap import LayerRunner, LayerStats, _experts_module, attach_scoring
+    from harness.engine.reap import LayerRunner, LayerStats, _experts_module, attach_experts_forward
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
     checkpoint = Checkpoint.open(path)
     runner = LayerRunner(checkpoint, resolve(checkpoint))
     module = runner.build(0)
     experts = _experts_module(module)
-    attach_scoring(experts, LayerStats(8), 16)
+    attach_experts_forward(experts, LayerStats(8), 16)
     with torch.inference_mode():
         runner.forward(module, runner.embed([list(range(3, 30))])[0])
     ref = weakref.ref(experts)

@@ -18,6 +18,7 @@ peak memory is one layer plus the calibration hidden states.
 from __future__ import annotations
 
 import copy
+import ctypes
 import random
 import resource
 import time
@@ -52,6 +53,26 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def release_freed_memory() -> None:
+    """Hand memory the allocator keeps after frees back to the system (glibc only; else nothing).
+
+    glibc keeps freed heap memory for reuse, but a new layer's tensors rarely fit the holes the
+    last one left, so each layer added resident memory on top of the last: a fifth of the peak
+    on a 16-layer model. ``malloc_trim`` returns the free pages, wherever they lie in the heap.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,9 +155,13 @@ class ScoringResult:
 
 def _stack_state(
     reader: TensorReader, moe: MoEModel, layer: MoELayer | None, prefix: str, names: list[str], dtype: torch.dtype,
-    kept: list[int] | None,
+    kept: list[int] | None, expert_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The layer's state dict in transformers' in-memory layout (fused experts), optionally pruned."""
+    """The layer's state dict in transformers' in-memory layout (fused experts), optionally pruned.
+
+    Routed experts are held in ``expert_dtype`` (default ``dtype``): their stored precision, when
+    the forward upcasts one expert at a time (see :func:`attach_experts_forward`).
+    """
     import torch
 
     state: dict[str, torch.Tensor] = {}
@@ -147,15 +172,17 @@ def _stack_state(
             continue
         rel = _module_name(name[len(prefix) :], moe, layer)
         tensor = reader.get(name)
-        if kept is not None and (name in row_sliced or (layer and name in layer.fused_tensors)):
+        fused = layer is not None and name in layer.fused_tensors
+        if kept is not None and (name in row_sliced or fused):
             tensor = tensor[kept]
-        state[rel] = tensor.to(dtype)
+        state[rel] = tensor.to(expert_dtype or dtype) if fused else tensor.to(dtype)
     if layer is not None and layer.layout == "per_expert":
         stems = moe.family.projections
         ids = kept if kept is not None else list(range(moe.n_experts))
         block = _module_name(layer.block[len(prefix) :], moe, layer)
-        state[f"{block}experts.gate_up_proj"] = _fill_experts(reader, layer.block, ids, (stems.gate, stems.up), dtype)
-        state[f"{block}experts.down_proj"] = _fill_experts(reader, layer.block, ids, (stems.down,), dtype)
+        held = expert_dtype or dtype
+        state[f"{block}experts.gate_up_proj"] = _fill_experts(reader, layer.block, ids, (stems.gate, stems.up), held)
+        state[f"{block}experts.down_proj"] = _fill_experts(reader, layer.block, ids, (stems.down,), held)
     return state
 
 
@@ -255,10 +282,17 @@ class LayerRunner:
         self.reader.close()
         return out
 
-    def build(self, index: int, kept: list[int] | None = None, renorm: dict[str, Any] | None = None) -> nn.Module:
-        """Decoder layer ``index`` with its weights from disk; ``kept`` builds the pruned layer."""
+    def build(self, index: int, kept: list[int] | None = None, renorm: dict[str, Any] | None = None, *,
+              chunk_tokens: int = 4096) -> nn.Module:
+        """Decoder layer ``index`` with its weights from disk; ``kept`` builds the pruned layer.
+
+        Routed experts stay in their stored precision (bfloat16: half of float32, and they are
+        nearly all of a layer) and are upcast one expert at a time as tokens reach them, which
+        computes exactly what float32 weights would.
+        """
         import torch
 
+        release_freed_memory()  # what the previous layer left, before this one is read
         layer_info = self.moe.layer(index)
         prefix = f"{self.moe.layer_prefix}{index}."
         names = self.checkpoint.names_with_prefix(prefix)
@@ -270,7 +304,9 @@ class LayerRunner:
             config = self.text_config
         with torch.device("meta"):
             module = self.layer_classes[index](config, index)
-        state = _stack_state(self.reader, self.moe, layer_info, prefix, names, self.dtype, kept)
+        lean = layer_info is not None and _experts_problem(module) is None
+        expert_dtype = self._expert_dtype(layer_info) if lean else None
+        state = _stack_state(self.reader, self.moe, layer_info, prefix, names, self.dtype, kept, expert_dtype)
         self.reader.close()  # see MAP_WINDOW_BYTES: only the live layer stays resident
         expected = set(module.state_dict())
         if set(state) != expected:
@@ -285,7 +321,23 @@ class LayerRunner:
             # Buffers that are not saved (computed in __init__): build those on a real device.
             module = self.layer_classes[index](config, index)
             module.load_state_dict(state, strict=True)
-        return module.to(self.device).eval()
+        module = module.to(self.device).eval()
+        if lean:
+            attach_experts_forward(_experts_module(module), None, chunk_tokens)
+        return module
+
+    def _expert_dtype(self, layer: MoELayer | None) -> torch.dtype:
+        """The routed experts' stored floating-point dtype, or the compute dtype if it is wider."""
+        import torch
+
+        from harness.engine.checkpoint import torch_dtype
+
+        if layer is None or not layer.all_expert_tensors():
+            return self.dtype
+        stored = torch_dtype(self.checkpoint.tensors[layer.all_expert_tensors()[0]].dtype)
+        if not stored.is_floating_point or torch.finfo(stored).bits >= torch.finfo(self.dtype).bits:
+            return self.dtype
+        return stored
 
     def forward(self, module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """One sequence ``[tokens, hidden]`` through one decoder layer."""
@@ -302,36 +354,50 @@ class LayerRunner:
         self.reader.close()
 
 
-def _experts_module(module: nn.Module) -> nn.Module:
+def _experts_problem(module: nn.Module) -> str | None:
+    """Why the layer's routed experts are not the gate/up/down block scoring runs, or None."""
     experts = getattr(getattr(module, "mlp", None), "experts", None)
     if experts is None or not all(hasattr(experts, a) for a in ("gate_up_proj", "down_proj", "act_fn")):
-        raise UserError(f"{type(module).__name__} has no gate/up/down experts block that REAP scoring understands")
+        return f"{type(module).__name__} has no gate/up/down experts block that REAP scoring understands"
     if getattr(experts, "has_bias", False) or hasattr(experts, "gate_up_proj_bias"):
-        raise UserError(f"{type(experts).__name__} experts have biases, which REAP scoring does not support yet")
-    return experts
+        return f"{type(experts).__name__} experts have biases, which REAP scoring does not support yet"
+    return None
 
 
-def attach_scoring(experts: nn.Module, stats: LayerStats, chunk_tokens: int) -> None:
-    """Replace the experts' forward by one that also accumulates REAP statistics, in token chunks.
+def _experts_module(module: nn.Module) -> nn.Module:
+    problem = _experts_problem(module)
+    if problem is not None:
+        raise UserError(problem)
+    return module.mlp.experts  # type: ignore[no-any-return]
 
-    The output is the same weighted sum the model computes; only ``chunk_tokens`` tokens'
-    expert outputs exist at any time, so a long sequence never materializes all of them.
+
+def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int) -> None:
+    """Replace the experts' forward by one that upcasts each expert as it runs and may score it.
+
+    The output is the same weighted sum the model computes, in the hidden states' precision,
+    with each expert's weights upcast only while it runs. With ``stats``, REAP statistics
+    accumulate too. Only ``chunk_tokens`` tokens' expert outputs exist at any time, so a long
+    sequence never materializes all of them.
     """
     import torch
 
     def forward(self: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(hidden)
-        stats.tokens += hidden.shape[0]
+        if stats is not None:
+            stats.tokens += hidden.shape[0]
         for start in range(0, hidden.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, hidden.shape[0])
             x, index, weights = hidden[start:stop], top_k_index[start:stop], top_k_weights[start:stop]
             for expert in torch.unique(index).tolist():
                 token, slot = torch.where(index == expert)
-                gate, up = torch.nn.functional.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
-                y = torch.nn.functional.linear(self.act_fn(gate) * up, self.down_proj[expert])
+                gate_up = self.gate_up_proj[expert].to(x.dtype)
+                gate, up = torch.nn.functional.linear(x[token], gate_up).chunk(2, dim=-1)
+                del gate_up
+                y = torch.nn.functional.linear(self.act_fn(gate) * up, self.down_proj[expert].to(x.dtype))
                 g = weights[token, slot].to(y.dtype)
-                stats.add(expert, g, y.norm(dim=-1))
+                if stats is not None:
+                    stats.add(expert, g, y.norm(dim=-1))
                 out.index_add_(0, token + start, (y * g[:, None]).to(out.dtype))
         return out
 
@@ -378,14 +444,14 @@ def score_experts(
         hidden = runner.embed(token_ids)
         for index in range(moe.n_layers):
             t0 = time.perf_counter()
-            module = runner.build(index)
+            module = runner.build(index, chunk_tokens=options.chunk_tokens)
             layer = moe.layer(index)
             if layer is None:
                 _advance(runner, module, hidden)
                 del module
                 continue
             layer_stats = LayerStats(moe.n_experts)
-            attach_scoring(_experts_module(module), layer_stats, options.chunk_tokens)
+            attach_experts_forward(_experts_module(module), layer_stats, options.chunk_tokens)
             reprune = per_layer and propagate == "pruned" and keep < moe.n_experts
             if reprune:  # the full layer's outputs are not handed on: score only
                 for h in hidden:
@@ -399,7 +465,7 @@ def score_experts(
                 kept[index] = select_experts({index: layer_stats.scores(options.criterion, seed=options.seed,
                                                                         layer=index)}, keep)[index]
             if reprune:
-                pruned = runner.build(index, kept[index], renorm)
+                pruned = runner.build(index, kept[index], renorm, chunk_tokens=options.chunk_tokens)
                 _advance(runner, pruned, hidden)
                 del pruned
                 note = f", kept {kept[index]}"
