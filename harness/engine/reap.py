@@ -368,7 +368,8 @@ def _experts_module(module: nn.Module) -> nn.Module:
     problem = _experts_problem(module)
     if problem is not None:
         raise UserError(problem)
-    return module.mlp.experts  # type: ignore[no-any-return]
+    experts: nn.Module = getattr(module, "mlp").experts
+    return experts
 
 
 def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int) -> None:
