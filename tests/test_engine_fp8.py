@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,23 @@ def per_expert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("fp8f") / "src", "qwen3_moe", layout="fused")
+
+
+@pytest.fixture(scope="module")
+def mixed(per_expert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The per-expert model with layer 1 in float32 and half of layer 0's experts in float16."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("fp8m") / "src"
+    shutil.copytree(per_expert, out)
+    state = load_file(str(out / "model.safetensors"))
+    for name, tensor in state.items():
+        if name.startswith("model.layers.1."):
+            state[name] = tensor.float()
+        elif re.search(r"layers\.0\.mlp\.experts\.[0-3]\.", name):
+            state[name] = tensor.half()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
 
 
 def test_per_channel_matches_compressed_tensors_arithmetic() -> None:
@@ -103,13 +121,71 @@ def test_channel_quantizer_rounds_ties_to_even_as_torch_does() -> None:
     assert torch.equal(block.codes.view(torch.uint8), codes)
 
 
-@pytest.mark.parametrize("layout", ["per_expert", "fused"])
-def test_every_quantized_weight_is_torch_cast_of_its_source(layout: str, per_expert: Path, fused: Path,
+def test_channel_quantizer_saturates_at_448_as_torch_does() -> None:
+    """Rows whose scale rounds down, so their largest weight divides to just over 448 and clamps."""
+    from harness.engine.fp8 import ChannelQuantizer
+
+    amax = torch.rand(4096, generator=torch.Generator().manual_seed(2))[:, None] * 1000 + 1
+    rows = torch.cat([amax, -amax, amax * 0.999, -amax * 0.5], dim=1)
+    over = (amax / (amax / 448.0)).squeeze(1) > 448.0
+    assert over.sum() > 100  # the clamp is exercised
+    (block,) = ChannelQuantizer().quantize(rows.reshape(-1), [(rows.shape[0], rows.shape[1])])
+    codes, scale, _ = _torch_cast_rows(rows)
+    assert torch.equal(block.codes.view(torch.uint8), codes)
+    assert torch.equal(block.scale, scale)
+    assert set(block.codes.view(torch.uint8)[over, :2].flatten().tolist()) == {0x7E, 0xFE}  # +-448
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_channel_quantizer_is_torch_cast_for_any_width_and_non_finite_rows(dtype: torch.dtype) -> None:
+    """Odd row widths (vector tails), magnitudes across the dtype's range, all-zero rows, and rows
+    holding infinities or NaN: codes and scales are torch's own, bit for bit."""
+    from harness.engine.fp8 import ChannelQuantizer
+
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(5, 1), (7, 3), (4, 17), (6, 33), (3, 100), (9, 64)]
+    n = sum(rows * cols for rows, cols in shapes)
+    exponents = torch.randint(-24, 16, (n,), generator=generator).float()
+    source = (torch.randn(n, generator=generator) * torch.exp2(exponents)).to(dtype)
+    source[0] = 0.0  # an all-zero row of width 1
+    source[5 + 2 * 3 : 5 + 3 * 3] = torch.tensor([-0.0, 0.0, -0.0])  # an all-zero row with signs
+    special = 5 + 21  # first element of the (4, 17) block
+    source[special + 17 + 3] = math.inf
+    source[special + 2 * 17 + 5] = -math.inf
+    source[special + 3 * 17 + 1] = math.nan
+    source[special + 3 * 17 + 2] = -math.inf
+    blocks = ChannelQuantizer().quantize(source, shapes)
+    start = 0
+    for (rows, cols), block in zip(shapes, blocks, strict=True):
+        weights = source[start : start + rows * cols].view(rows, cols)
+        codes, scale, error = _torch_cast_rows(weights)
+        start += rows * cols
+        assert torch.equal(block.codes.view(torch.uint8), codes), (rows, cols)
+        assert torch.equal(block.scale.view(torch.int32), scale.view(torch.int32)), (rows, cols)  # NaN too
+        if weights.isfinite().all():
+            assert math.sqrt(block.err_sq / block.ref_sq) == pytest.approx(error, rel=1e-5)
+
+
+def test_quantizing_runs_on_torch_thread_count_and_leaves_it() -> None:
+    """``--threads 1`` is one thread: the kernel takes torch's count and does not reset it."""
+    import numba
+
+    from harness.engine.fp8 import ChannelQuantizer
+
+    assert torch.get_num_threads() == 1  # the single_thread fixture
+    ChannelQuantizer().quantize(torch.ones(4096, dtype=torch.bfloat16), [(64, 64)])
+    assert numba.get_num_threads() == 1
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("layout", ["per_expert", "fused", "mixed"])
+def test_every_quantized_weight_is_torch_cast_of_its_source(layout: str, request: pytest.FixtureRequest,
                                                             tmp_path: Path) -> None:
-    """Runs of experts read and quantized together, in whole and in small pieces, write torch's bytes."""
+    """Runs of experts read and quantized together, in whole and in small pieces, write torch's bytes
+    (``mixed``: bfloat16, float16 and float32 tensors side by side in one file)."""
     from safetensors.torch import load_file
 
-    source = per_expert if layout == "per_expert" else fused
+    source = request.getfixturevalue(layout)
     src = load_file(str(source / "model.safetensors"))
     for chunk_bytes in (64 << 20, 4096):
         result = quantize_checkpoint(source, tmp_path / str(chunk_bytes), unfuse=False, chunk_bytes=chunk_bytes)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from harness.engine.checkpoint import (
     DTYPE_BYTES,
     MAP_WINDOW_BYTES,
@@ -263,11 +265,9 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, block: int | None) -> 
     return fp8_to_float32(q).mul_(expanded)
 
 
-# Elements quantized together: 2 MiB of float32, large enough that each torch op's fixed cost is
-# small against its pass over memory, small enough that the working buffers stay in cache.
-BATCH_ELEMENTS = 1 << 19
-# float32 bits of 2**-14: e4m3's smallest normal (2**-6) in the 2**-8-scaled domain used below.
-_MIN_NORMAL_BITS = 113 << 23
+# Elements quantized in one kernel call: enough that the call's fixed cost (argument checks,
+# waking the threads) is small against its work, while the codes buffer stays a few MiB.
+BATCH_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -280,147 +280,68 @@ class ChannelCodes:
     ref_sq: float  # squared Frobenius norm of the original
 
 
-@dataclass(frozen=True)
-class _RunLayout:
-    """Where the rows of a run of blocks lie, in parts of ``width`` elements."""
-
-    width: int
-    part_row: torch.Tensor  # the row each part belongs to (int64)
-    rows: int
-    part_block: torch.Tensor  # the block each part belongs to (int64)
-
-
 class ChannelQuantizer:
-    """Per-output-channel FP8 (``quantize_rows(w, None)``, bit for bit) of many blocks in one pass.
+    """Per-output-channel FP8 (``quantize_rows(w, None)``, bit for bit) of many blocks in one call.
 
-    Quantizing is a chain of elementwise torch ops, each one sweep over memory plus a fixed cost:
-    per-expert tensors are small, so the blocks of a whole run of them are done together in
-    buffers reused from call to call (fresh large tensors cost page faults on every call). The
-    e4m3 encoding is done in float and integer steps whose intermediate is the rounded value
-    itself, so the exact error needs no decoding pass: torch's float8 cast and a decode back cost
-    about twice as much as these steps.
+    Per-expert tensors are small, so the blocks of a whole run of them go to the compiled kernel
+    (:mod:`harness.engine.fp8_kernel`) together, their codes into a buffer reused from call to
+    call (a fresh large buffer costs page faults on every call).
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-        self._layouts: dict[tuple[tuple[int, int], ...], _RunLayout] = {}
-
-    def _buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
-        import torch
-
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.numel() < n:
-            buffer = torch.empty(n, dtype=dtype)
-            self._buffers[name] = buffer
-        return buffer[:n]
+        self._codes: torch.Tensor | None = None
+        self._row_starts: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
 
     def quantize(self, source: torch.Tensor, shapes: list[tuple[int, int]]) -> list[ChannelCodes]:
         """Quantize ``source`` (flat; float16, bfloat16 or float32), which holds ``shapes`` back to back."""
         import torch
 
+        from harness.engine.fp8_kernel import quantize_channels, use_threads
+
         n = source.numel()
         if n != sum(rows * cols for rows, cols in shapes):
             raise ValueError(f"{n} source elements do not hold blocks {shapes}")
-        layout = self._layout(tuple(shapes))
-        magnitude = self._buffer("magnitude", n, torch.float32).copy_(source).abs_()
-        grid = magnitude.view(-1, layout.width)
-        part_max = grid.amax(dim=-1)
-        if not math.isfinite(float(part_max.max())):
-            return self._reference(source, shapes)
-        row_max = torch.zeros(layout.rows).scatter_reduce_(0, layout.part_row, part_max, "amax")
-        scales = row_max.div_(FP8_MAX).clamp_(min=torch.finfo(torch.float32).tiny)
-        divisor = torch.index_select(scales, 0, layout.part_row, out=self._buffer("divisor", len(part_max),
-                                                                                   torch.float32)).mul_(256.0)
-        # |w| / (scale * 2**8) is exactly |w| / scale / 2**8: at most 448 / 2**8 (the cast's clamp).
-        scaled = grid.div_(divisor[:, None]).view(-1)
-        # Norms are taken of scaled values (at most 1.75), then scaled back in float64: never overflow.
-        part_ref = torch.linalg.vector_norm(grid, dim=-1)
-        scratch = self._buffer("scratch", n, torch.int32)
-        rounded = round_to_e4m3(scaled, scratch, self._buffer("rounded", n, torch.float32))
-        part_err = torch.linalg.vector_norm(scaled.sub_(rounded).view(-1, layout.width), dim=-1)
-        # The scratch's two halves hold the float16 step and the signs: fewer bytes cycle through cache.
-        halves = scratch.view(torch.int16)
-        negative = _negative(source, halves[n:])
-        codes = e4m3_codes(rounded, negative, halves[:n].view(torch.float16), self._buffer("codes", n, torch.uint8))
-        squares = torch.stack([part_err, part_ref]).double().mul_(divisor.double()).square_()
-        sums = torch.zeros(2, len(shapes), dtype=torch.float64).index_add_(1, layout.part_block, squares)
-        out, start, row = [], 0, 0
-        for (rows, cols), (err, ref) in zip(shapes, sums.T.tolist(), strict=True):
-            out.append(ChannelCodes(codes[start : start + rows * cols].view(rows, cols),
-                                    scales[row : row + rows, None], err, ref))
-            start += rows * cols
-            row += rows
-        return out
-
-    def _layout(self, shapes: tuple[tuple[int, int], ...]) -> _RunLayout:
-        """Index tensors for ``shapes``, kept: runs repeat the same shapes layer after layer."""
-        import torch
-
-        layout = self._layouts.get(shapes)
-        if layout is None:
-            # Every row is a whole number of parts of this width, so the row-wise reductions run
-            # once over the whole run, and each row then combines its parts' figures.
-            width = math.gcd(*(cols for _, cols in shapes))
-            total_rows = sum(rows for rows, _ in shapes)
-            parts_per_row = torch.tensor([cols // width for rows, cols in shapes for _ in range(rows)])
-            part_row = torch.repeat_interleave(torch.arange(total_rows), parts_per_row)
-            parts_per_block = torch.tensor([rows * cols // width for rows, cols in shapes])
-            part_block = torch.repeat_interleave(torch.arange(len(shapes)), parts_per_block)
-            layout = _RunLayout(width, part_row, total_rows, part_block)
-            self._layouts[shapes] = layout
-        return layout
-
-    def _reference(self, source: torch.Tensor, shapes: list[tuple[int, int]]) -> list[ChannelCodes]:
-        """Non-finite weights: torch's own cast decides what infinities and NaNs become."""
-        import torch
-
+        starts = self._starts(tuple(shapes))
+        if self._codes is None or self._codes.numel() < n:
+            self._codes = torch.empty(n, dtype=torch.uint8)
+        codes = self._codes[:n]
+        total_rows = len(starts) - 1
+        scales = torch.empty(total_rows, 1)  # fresh, not reused: a tensor's scales outlive this call
+        err_sq, ref_sq = np.empty(total_rows), np.empty(total_rows)
+        use_threads(torch.get_num_threads())
+        quantize_channels(stored_bits(source), starts, codes.numpy(), scales.numpy().reshape(-1), err_sq, ref_sq)
+        first_rows = np.cumsum([0] + [rows for rows, _ in shapes[:-1]])
+        block_err, block_ref = np.add.reduceat(err_sq, first_rows).tolist(), np.add.reduceat(ref_sq, first_rows).tolist()
+        fp8 = codes.view(torch.float8_e4m3fn)
         out, start = [], 0
-        for rows, cols in shapes:
-            ref = source[start : start + rows * cols].view(rows, cols).to(torch.float32)
-            q, scale = quantize_rows(ref, None)
-            err = float(torch.linalg.vector_norm(dequantize_rows(q, scale, None).sub_(ref))) ** 2
-            out.append(ChannelCodes(q, scale, err, float(torch.linalg.vector_norm(ref)) ** 2))
+        for (rows, cols), row, err, ref in zip(shapes, first_rows.tolist(), block_err, block_ref, strict=True):
+            out.append(ChannelCodes(fp8[start : start + rows * cols].view(rows, cols), scales[row : row + rows], err, ref))
             start += rows * cols
         return out
 
+    def _starts(self, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """Each row's first element, and the end: kept, as runs repeat the same shapes layer after layer."""
+        starts = self._row_starts.get(shapes)
+        if starts is None:
+            lengths = np.repeat([cols for _, cols in shapes], [rows for rows, _ in shapes])
+            starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            self._row_starts[shapes] = starts
+        return starts
 
-def round_to_e4m3(scaled: torch.Tensor, power: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Each of ``scaled`` (float32, >= 0, an e4m3-range value times 2**-8) at the nearest e4m3 step.
 
-    Adding 2**20 times the value's power of two pushes every bit below its fourth significant
-    bit out of the float32 significand, so the addition rounds there (to nearest, ties to even,
-    as torch's cast does) and subtracting it back is exact. Below e4m3's smallest normal the
-    power of two stays at that normal's, which gives the subnormals' fixed step. ``power``
-    (int32) and ``out`` (float32) are scratch of ``scaled``'s size; ``out`` is returned.
+def stored_bits(source: torch.Tensor) -> np.ndarray:
+    """``source``'s bits as the kernel reads them: bfloat16 as uint16, float32 as uint32.
+
+    bfloat16 is the top half of a float32, so its bits are used where they lie (no copy);
+    float16 is widened by torch's exact cast first.
     """
     import torch
 
-    bits = torch.bitwise_and(scaled.view(torch.int32), 0x7F800000, out=power).clamp_(min=_MIN_NORMAL_BITS)
-    torch.add(scaled, bits.view(torch.float32), alpha=2.0**20, out=out)
-    return out.sub_(bits.view(torch.float32), alpha=2.0**20)
-
-
-def e4m3_codes(rounded: torch.Tensor, negative: torch.Tensor, half: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """float8_e4m3fn codes of ``rounded`` (from :func:`round_to_e4m3`), negative where ``negative`` is -1.
-
-    An e4m3 value times 2**-8 is a float16 whose bits are the e4m3 code's moved up 7 (the
-    inverse of :func:`fp8_to_float32`), so float16's vectorized conversion does the encoding.
-    ``half`` (float16) and ``out`` (uint8) are scratch of the same size; ``out`` is returned.
-    """
-    import torch
-
-    half.copy_(rounded)
-    bits = half.view(torch.int16).bitwise_right_shift_(7)
-    return torch.sub(bits, negative, alpha=128, out=out).view(torch.float8_e4m3fn)  # sign bit: +128
-
-
-def _negative(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """-1 (int16) where ``source``'s sign bit is set, else 0: the sign of the code, -0.0 included."""
-    import torch
-
-    if source.element_size() == 2:  # bfloat16 and float16 keep the sign in bit 15
-        return torch.bitwise_right_shift(source.view(torch.int16), 15, out=out)
-    return out.copy_(source.to(torch.float32).view(torch.int32).bitwise_right_shift(31))
+    if source.dtype == torch.bfloat16:
+        return source.view(torch.int16).numpy().view(np.uint16)
+    if source.dtype != torch.float32:
+        source = source.to(torch.float32)
+    return source.view(torch.int32).numpy().view(np.uint32)
 
 
 def fp8_to_float32(q: torch.Tensor) -> torch.Tensor:
@@ -510,8 +431,8 @@ class QuantizedStream:
         self.plan = plan
         self.reader = reader
         self.chunk_bytes = chunk_bytes
-        # The quantizer's buffers hold about 16 bytes per element.
-        self.budget = max(min(BATCH_ELEMENTS, chunk_bytes // 16), 1)
+        # Per element the quantizer holds one byte of codes, plus four of float32 for float16 sources.
+        self.budget = max(min(BATCH_ELEMENTS, chunk_bytes // 5), 1)
         self.progress = progress
         self.errors: dict[str, float] = {}
         self._quantizer = ChannelQuantizer()
