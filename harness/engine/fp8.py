@@ -440,10 +440,11 @@ class QuantizedStream:
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         run: list[Piece] = []
+        run_numel = 0
         for item in self.plan.tensors:
             if item.action == "keep" or self.plan.block is not None:
                 yield from self._quantize_run(run)
-                run = []
+                run, run_numel = [], 0
                 if item.action == "keep":
                     for chunk in self.reader.row_chunks(item.source.name, self.chunk_bytes):
                         yield item.source.name, chunk
@@ -451,10 +452,11 @@ class QuantizedStream:
                     yield from self._block_scaled(item)
                 continue
             for piece in pieces(item, self.budget):
-                if run and (not piece.follows(run[-1]) or sum(p.numel for p in run) + piece.numel > self.budget):
+                if run and (not piece.follows(run[-1]) or run_numel + piece.numel > self.budget):
                     yield from self._quantize_run(run)
-                    run = []
+                    run, run_numel = [], 0
                 run.append(piece)
+                run_numel += piece.numel
         yield from self._quantize_run(run)
 
     def _quantize_run(self, run: list[Piece]) -> Iterator[tuple[str, torch.Tensor]]:
