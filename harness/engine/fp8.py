@@ -311,11 +311,13 @@ class ChannelQuantizer:
         use_threads(torch.get_num_threads())
         quantize_channels(stored_bits(source), starts, codes.numpy(), scales.numpy().reshape(-1), err_sq, ref_sq)
         first_rows = np.cumsum([0] + [rows for rows, _ in shapes[:-1]])
-        block_err, block_ref = np.add.reduceat(err_sq, first_rows).tolist(), np.add.reduceat(ref_sq, first_rows).tolist()
+        block_err = np.add.reduceat(err_sq, first_rows).tolist()
+        block_ref = np.add.reduceat(ref_sq, first_rows).tolist()
         fp8 = codes.view(torch.float8_e4m3fn)
         out, start = [], 0
         for (rows, cols), row, err, ref in zip(shapes, first_rows.tolist(), block_err, block_ref, strict=True):
-            out.append(ChannelCodes(fp8[start : start + rows * cols].view(rows, cols), scales[row : row + rows], err, ref))
+            block = fp8[start : start + rows * cols].view(rows, cols)
+            out.append(ChannelCodes(block, scales[row : row + rows], err, ref))
             start += rows * cols
         return out
 

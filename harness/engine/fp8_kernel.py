@@ -137,9 +137,10 @@ def quantize_channels(source: np.ndarray, row_starts: np.ndarray, codes: np.ndar
                       err_sq: np.ndarray, ref_sq: np.ndarray) -> None:
     """Per-row FP8 of ``source``, whose row ``r`` is ``source[row_starts[r]:row_starts[r + 1]]``.
 
-    ``source`` holds bfloat16 as uint16 or float32 as uint32 (see ``_float32_bits``). Writes each element's
-    code to ``codes`` and, per row, the float32 scale, the squared error of the dequantized row
-    and the squared norm of the original (float64) to ``scales``, ``err_sq`` and ``ref_sq``.
+    ``source`` holds bfloat16 as uint16 or float32 as uint32 (see ``_float32_bits``). Writes
+    each element's code to ``codes`` and, per row, the float32 scale, the squared error of the
+    dequantized row and the squared norm of the original (float64) to ``scales``, ``err_sq``
+    and ``ref_sq``.
     Each row is read three times while it sits in cache (scale, codes, sums): one pass over
     memory. Rows are indexed through their own views so no index can be negative, which lets
     the compiler vectorize.
