@@ -53,7 +53,10 @@ def heatmap(
     values = frame.to_numpy(dtype=float)
     rows, cols = values.shape
     with rc_context(_RC):
-        figure = _figure(max(3.6, 1.6 + 1.15 * cols), 0.8 + 0.28 * rows)
+        # Room below the cells for the slanted column labels (about 0.03 in per character at
+        # 20 degrees), or constrained layout squeezes the cells to nothing on a one-row map.
+        label_height = 0.03 * max((len(str(c)) for c in frame.columns), default=0)
+        figure = _figure(max(3.6, 1.6 + 1.15 * cols), 0.8 + 0.28 * rows + label_height)
         axes = figure.subplots()
         norm: Normalize
         if diverging:

@@ -80,6 +80,22 @@ class _Dom(HTMLParser):
 
 
 @needs_chromium
+
+def test_one_row_heatmap_with_long_column_labels_keeps_its_cells() -> None:
+    import warnings
+
+    import pandas as pd
+
+    from harness import charts
+
+    frame = pd.DataFrame([[0.25, -0.5]], index=["toolcall.params"],
+                         columns=["a-long-candidate-label-from-a-plan − base", "local-sample-k4 − base"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when the layout collapses the cells to nothing
+        svg = str(charts.heatmap(frame, title="Change vs the first run", salt="one-row", diverging=True,
+                                 value_format="{:+.2f}"))
+    assert "+0.25" in svg and "-0.50" in svg
+
 def test_dumped_dom_has_the_tables_and_no_active_content(report_file: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report_file.as_uri()],
