@@ -155,8 +155,10 @@ def quantize_vs_copy(model: Path, work: Path, repeats: int) -> dict[str, Any]:
     figures["compile_s"], figures["compile_how"] = first_kernel_call()
     copy_seconds(model, work / "copy")  # warms the page cache for both
     for _ in range(repeats):
+        os.sync()  # earlier writes (the build, the last run) are not flushed during a timed run
         figures["copy"].append(copy_seconds(model, work / "copy"))
         shutil.rmtree(work / "fp8", ignore_errors=True)
+        os.sync()
         result = quantize_checkpoint(model, work / "fp8")
         figures["quantize"].append(result.seconds)
         figures["load"].append(os.getloadavg()[0])

@@ -3,13 +3,16 @@
 Every engine step (fit, prune, quantize) must work on models far larger than memory. Headers
 tell us every tensor's name, dtype and shape without reading a byte of weights, so the output
 layout can be planned up front; the writer then emits the safetensors header first and appends
-each tensor's bytes as it is produced. Peak memory is one tensor, never a shard.
+each tensor's bytes as it is produced (from a writer thread, so producing the next tensor
+overlaps writing this one). Peak memory is one tensor plus a few MiB queued for the writer,
+never a shard.
 
 The header parser is plain Python (no torch), so ``bench fit`` runs without the engine extra.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -19,11 +22,12 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -282,8 +286,8 @@ class PlannedTensor:
     dtype: str
     shape: tuple[int, ...]
 
-    @property
-    def nbytes(self) -> int:
+    @functools.cached_property
+    def nbytes(self) -> int:  # asked for several times per tensor by layout and writer
         return int(math.prod(self.shape) * DTYPE_BYTES[self.dtype])
 
 
@@ -345,18 +349,39 @@ def _header_bytes(tensors: list[PlannedTensor], metadata: dict[str, str]) -> byt
     return struct.pack("<Q", len(raw)) + raw
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One output file: its name, the tensors it holds in order, and its header bytes."""
+
+    file_name: str
+    tensors: list[PlannedTensor]
+    header: bytes
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.header) + sum(t.nbytes for t in self.tensors)
+
+
+def layout_shards(plan: list[PlannedTensor], max_shard_bytes: int) -> list[Shard]:
+    """The files the writer will produce for ``plan``, headers included, before any tensor exists."""
+    groups = shard_plan(plan, max_shard_bytes)
+    names = (
+        [SINGLE_NAME]
+        if len(groups) == 1
+        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
+    return [Shard(name, group, _header_bytes(group, {"format": "pt"})) for name, group in zip(names, groups, strict=True)]
+
+
 def predicted_file_bytes(plan: list[PlannedTensor], max_shard_bytes: int) -> int:
     """Exact bytes the writer will put on disk for ``plan`` (headers included)."""
-    total = 0
-    for shard in shard_plan(plan, max_shard_bytes):
-        total += len(_header_bytes(shard, {"format": "pt"})) + sum(t.nbytes for t in shard)
-    return total
+    return sum(shard.file_bytes for shard in layout_shards(plan, max_shard_bytes))
 
 
 def write_streamed(
     out_dir: Path,
-    plan: list[PlannedTensor],
-    tensors: Iterable[tuple[str, torch.Tensor]],
+    plan: list[PlannedTensor] | list[Shard],
+    tensors: Iterable[tuple[str, torch.Tensor | Encoded]],
     *,
     max_shard_bytes: int = 4 << 30,
 ) -> list[Path]:
@@ -366,35 +391,42 @@ def write_streamed(
     order. A large tensor may arrive as several consecutive chunks of its first dimension under
     the same name (so a fused ``[n_experts, ...]`` tensor never has to be whole in memory). Each
     chunk is checked against the planned dtype and shape before a byte is written, so a wrong
-    plan fails loudly instead of writing a corrupt file.
+    plan fails loudly instead of writing a corrupt file. A tensor may also come as
+    :class:`Encoded` bytes. ``plan`` may be the shards of
+    :func:`layout_shards` already (``max_shard_bytes`` is then theirs).
+
+    The bytes are written by a second thread (:class:`AppendWriter`) while the iterator makes the
+    next tensors, so a yielded tensor's memory must not be reused by the iterator afterwards.
     """
+    from harness.engine.append_writer import AppendWriter
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = shard_plan(plan, max_shard_bytes)
-    names = (
-        [SINGLE_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
+    shards = plan if plan and isinstance(plan[0], Shard) else layout_shards(plan, max_shard_bytes)  # type: ignore[arg-type]
     stream = iter(tensors)
     weight_map: dict[str, str] = {}
     written: list[Path] = []
-    for shard, file_name in zip(shards, names, strict=True):
-        path = out_dir / file_name
+    for shard in shards:
+        assert isinstance(shard, Shard)
+        path = out_dir / shard.file_name
         tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(_header_bytes(shard, {"format": "pt"}))
-            for planned in shard:
-                rows_needed = planned.shape[0] if planned.shape else 1
-                rows_done = 0
-                while rows_done < rows_needed:
-                    item = next(stream, None)
-                    if item is None:
-                        raise RuntimeError(f"tensor stream ended before {planned.name} was complete")
-                    name, tensor = item
-                    _check_planned(planned, name, tensor, rows_needed - rows_done)
-                    fh.write(_tensor_bytes(tensor))
-                    rows_done += tensor.shape[0] if planned.shape else 1
-                weight_map[planned.name] = file_name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with AppendWriter(fd) as writer:
+                writer.write(memoryview(shard.header))
+                for planned in shard.tensors:
+                    rows_needed = planned.shape[0] if planned.shape else 1
+                    rows_done = 0
+                    while rows_done < rows_needed:
+                        item = next(stream, None)
+                        if item is None:
+                            raise RuntimeError(f"tensor stream ended before {planned.name} was complete")
+                        name, tensor = item
+                        _check_planned(planned, name, tensor, rows_needed - rows_done)
+                        writer.write(_tensor_bytes(tensor))
+                        rows_done += tensor.shape[0] if planned.shape else 1
+                    weight_map[planned.name] = shard.file_name
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         written.append(path)
     leftover = next(stream, None)
@@ -402,33 +434,55 @@ def write_streamed(
         raise RuntimeError(f"tensor {leftover[0]!r} was produced but not planned")
     index_path = out_dir / INDEX_NAME
     if len(shards) > 1:
-        total = sum(t.nbytes for t in plan)
+        total = sum(t.nbytes for shard in shards for t in shard.tensors)  # type: ignore[union-attr]
         index_path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     elif index_path.exists():
         index_path.unlink()
     return written
 
 
-def _check_planned(planned: PlannedTensor, name: str, tensor: torch.Tensor, rows_left: int) -> None:
+class Encoded(NamedTuple):
+    """A tensor's bytes in a numpy array, with the safetensors dtype and shape they stand for.
+
+    For the FP8 quantizer, whose codes and scales come from a compiled kernel as numpy arrays:
+    they go to the writer as they are, without a torch view per expert (microseconds each, and a
+    large MoE has tens of thousands of experts).
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: np.ndarray  # C-contiguous, holding exactly the tensor's bytes
+
+
+def _check_planned(planned: PlannedTensor, name: str, tensor: torch.Tensor | Encoded, rows_left: int) -> None:
     shape = tuple(tensor.shape)
+    if isinstance(tensor, Encoded):
+        dtype = tensor.dtype
+        if tensor.data.nbytes != math.prod(shape) * DTYPE_BYTES.get(dtype, 0):
+            raise RuntimeError(f"{name}: {tensor.data.nbytes} bytes do not hold {dtype}{list(shape)}")
+    else:
+        dtype = st_dtype(tensor)
     fits = shape == planned.shape or (
         len(shape) == len(planned.shape) and len(shape) > 0 and shape[1:] == planned.shape[1:]
         and 0 < shape[0] <= rows_left
     )
-    if name != planned.name or st_dtype(tensor) != planned.dtype or not fits:
+    if name != planned.name or dtype != planned.dtype or not fits:
         raise RuntimeError(
-            f"writer expected {planned.name} {planned.dtype}{list(planned.shape)}, "
-            f"got {name} {st_dtype(tensor)}{list(tensor.shape)}"
+            f"writer expected {planned.name} {planned.dtype}{list(planned.shape)}, got {name} {dtype}{list(shape)}"
         )
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes | memoryview:
+def _tensor_bytes(tensor: torch.Tensor | Encoded) -> memoryview:
     import torch
 
+    if isinstance(tensor, Encoded):
+        return tensor.data.data
+    if tensor.dim() and tensor.dtype != torch.bool and tensor.is_contiguous() and tensor.device.type == "cpu":
+        return tensor.detach().view(torch.uint8).numpy().data  # the usual case, in three calls
     flat = tensor.detach().contiguous().reshape(-1).cpu()
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def copy_side_files(src: Path, dst: Path, *, skip: Iterable[str] = ()) -> list[str]:

@@ -9,8 +9,9 @@ in their original precision, and are listed in the config's ``ignore`` so loader
 
 The work is streamed: the output layout is planned from headers, then the weights are read in
 row chunks straight from a memory map (a run of adjacent small tensors, such as a layer's
-experts, as one chunk), quantized, and appended to the output file. Peak memory is one chunk,
-whatever the model size.
+experts, as one chunk), quantized, and appended to the output file. Reading, quantizing and
+writing overlap: the next run's pages are mapped in while a worker quantizes the current one
+and a writer thread writes the last. Peak memory is a few chunks, whatever the model size.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import gc
 import math
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,10 +35,12 @@ from harness.engine.checkpoint import (
     DTYPE_BYTES,
     MAP_WINDOW_BYTES,
     Checkpoint,
+    Encoded,
     PlannedTensor,
     TensorInfo,
     TensorReader,
     copy_side_files,
+    layout_shards,
     predicted_file_bytes,
     write_config,
     write_streamed,
@@ -235,34 +240,33 @@ def quantization_config(plan: QuantPlan) -> dict[str, Any]:
 # Quantization arithmetic
 
 
-def quantize_rows(weight: torch.Tensor, block: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """FP8 weight and float32 scale for a ``[..., out, in]`` chunk (per output channel or per block)."""
+def quantize_blocks(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 weight and float32 ``block`` x ``block`` scales for a ``[..., out, in]`` chunk.
+
+    Per-channel scales go through :class:`ChannelQuantizer` instead (the compiled kernel).
+    """
     import torch
 
     w = weight.to(torch.float32)
-    if block is None:
-        amax = w.abs().amax(dim=-1, keepdim=True)
-        scale = (amax / FP8_MAX).clamp_(min=torch.finfo(torch.float32).tiny)
-        q = (w / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return q, scale
     *lead, out_dim, in_dim = w.shape
     rows, cols = math.ceil(out_dim / block), math.ceil(in_dim / block)
     padded = torch.nn.functional.pad(w, (0, cols * block - in_dim, 0, rows * block - out_dim))
     tiles = padded.reshape(*lead, rows, block, cols, block)
     amax = tiles.abs().amax(dim=(-3, -1))
     scale = (amax / FP8_MAX).clamp_(min=torch.finfo(torch.float32).tiny)
-    expanded = scale.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :out_dim, :in_dim]
-    q = (w / expanded).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    q = (w / _expand_blocks(scale, block, out_dim, in_dim)).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
 
-def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, block: int | None) -> torch.Tensor:
-    """Inverse of :func:`quantize_rows`, in float32."""
-    if block is None:
-        return fp8_to_float32(q).mul_(scale)
+def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """Inverse of :func:`quantize_blocks`, in float32."""
     out_dim, in_dim = q.shape[-2:]
-    expanded = scale.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :out_dim, :in_dim]
-    return fp8_to_float32(q).mul_(expanded)
+    return fp8_to_float32(q).mul_(_expand_blocks(scale, block, out_dim, in_dim))
+
+
+def _expand_blocks(scale: torch.Tensor, block: int, out_dim: int, in_dim: int) -> torch.Tensor:
+    """One scale per weight, from one per ``block`` x ``block`` tile."""
+    return scale.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :out_dim, :in_dim]
 
 
 # Elements quantized in one kernel call: enough that the call's fixed cost (argument checks,
@@ -274,23 +278,38 @@ BATCH_ELEMENTS = 1 << 21
 class ChannelCodes:
     """One ``[rows, cols]`` block quantized per output channel, with its error sums."""
 
-    codes: torch.Tensor  # float8_e4m3fn view into the quantizer's buffer: valid until its next call
-    scale: torch.Tensor  # [rows, 1] float32
+    codes: np.ndarray  # [rows, cols] uint8: float8_e4m3fn bits, a view into a pooled buffer
+    scale: np.ndarray  # [rows, 1] float32
     err_sq: float  # squared Frobenius norm of dequantized minus original
     ref_sq: float  # squared Frobenius norm of the original
 
 
 class ChannelQuantizer:
-    """Per-output-channel FP8 (``quantize_rows(w, None)``, bit for bit) of many blocks in one call.
+    """Per-output-channel FP8 of many blocks in one call: scale ``amax / 448`` (at least float32's
+    smallest normal), weights divided, clamped and cast as torch casts to float8_e4m3fn, bit for bit.
 
     Per-expert tensors are small, so the blocks of a whole run of them go to the compiled kernel
-    (:mod:`harness.engine.fp8_kernel`) together, their codes into a buffer reused from call to
-    call (a fresh large buffer costs page faults on every call).
+    (:mod:`harness.engine.fp8_kernel`) together.
+
+    Codes go into buffers reused from call to call: fresh memory costs a page fault per 4 KiB,
+    which on a virtual machine took longer than quantizing the page. A buffer is reused only once
+    nothing views it any more (the writer may still hold the last calls' codes), so the pool
+    grows to the number of calls in flight and stays there.
     """
 
     def __init__(self) -> None:
-        self._codes: torch.Tensor | None = None
         self._row_starts: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+        self._buffers: list[np.ndarray] = []
+
+    def _free_buffer(self, n: int) -> np.ndarray:
+        """A pooled buffer of at least ``n`` bytes that no tensor views, or a new one."""
+        for index in range(len(self._buffers)):
+            # Only the pool and this call's argument refer to it: every view of it is gone.
+            if len(self._buffers[index]) >= n and sys.getrefcount(self._buffers[index]) == 2:
+                return self._buffers[index]
+        buffer = np.empty(max(n, BATCH_ELEMENTS), dtype=np.uint8)
+        self._buffers.append(buffer)
+        return buffer
 
     def quantize(self, source: torch.Tensor, shapes: list[tuple[int, int]]) -> list[ChannelCodes]:
         """Quantize ``source`` (flat; float16, bfloat16 or float32), which holds ``shapes`` back to back."""
@@ -302,21 +321,18 @@ class ChannelQuantizer:
         if n != sum(rows * cols for rows, cols in shapes):
             raise ValueError(f"{n} source elements do not hold blocks {shapes}")
         starts = self._starts(tuple(shapes))
-        if self._codes is None or self._codes.numel() < n:
-            self._codes = torch.empty(n, dtype=torch.uint8)
-        codes = self._codes[:n]
+        codes = self._free_buffer(n)[:n]
         total_rows = len(starts) - 1
-        scales = torch.empty(total_rows, 1)  # fresh, not reused: a tensor's scales outlive this call
+        scales = np.empty((total_rows, 1), dtype=np.float32)  # fresh: a tensor's scales outlive this call
         err_sq, ref_sq = np.empty(total_rows), np.empty(total_rows)
         use_threads(torch.get_num_threads())
-        quantize_channels(stored_bits(source), starts, codes.numpy(), scales.numpy().reshape(-1), err_sq, ref_sq)
+        quantize_channels(stored_bits(source), starts, codes, scales.reshape(-1), err_sq, ref_sq)
         first_rows = np.cumsum([0] + [rows for rows, _ in shapes[:-1]])
         block_err = np.add.reduceat(err_sq, first_rows).tolist()
         block_ref = np.add.reduceat(ref_sq, first_rows).tolist()
-        fp8 = codes.view(torch.float8_e4m3fn)
         out, start = [], 0
         for (rows, cols), row, err, ref in zip(shapes, first_rows.tolist(), block_err, block_ref, strict=True):
-            block = fp8[start : start + rows * cols].view(rows, cols)
+            block = codes[start : start + rows * cols].reshape(rows, cols)
             out.append(ChannelCodes(block, scales[row : row + rows], err, ref))
             start += rows * cols
         return out
@@ -411,11 +427,26 @@ def pieces(item: TensorPlan, budget: int) -> list[Piece]:
     return out
 
 
+PAGE_BYTES = 4096
+
+
+def map_in(source: torch.Tensor) -> None:
+    """Fault in the pages of a memory-mapped span by reading one byte of each.
+
+    Called for the next run while the worker quantizes the current one: otherwise the kernel
+    takes the page faults itself, about a fifth of its time. numpy's reduction runs without the
+    interpreter lock.
+    """
+    import torch
+
+    source.view(-1).view(torch.uint8).numpy()[::PAGE_BYTES].max(initial=0)
+
+
 @dataclass
 class _Sums:
     """One output's scales and error sums, gathered over its pieces."""
 
-    scales: list[torch.Tensor] = field(default_factory=list)
+    scales: list[np.ndarray] = field(default_factory=list)
     err_sq: float = 0.0
     ref_sq: float = 0.0
 
@@ -426,6 +457,10 @@ class QuantizedStream:
     Kept tensors are copied through. Per-channel outputs are cut into pieces, and runs of pieces
     that lie back to back in the file (every expert of a layer) are read as one span and
     quantized together; block-scaled outputs go one chunk at a time.
+
+    Runs are quantized one ahead, in a worker thread: while the kernel (which releases the
+    interpreter lock) works on the next run, this thread hands the last run's outputs to the
+    writer. Only one run is in flight, so memory stays two runs' codes.
     """
 
     def __init__(self, plan: QuantPlan, reader: TensorReader, chunk_bytes: int,
@@ -440,60 +475,84 @@ class QuantizedStream:
         self._quantizer = ChannelQuantizer()
         self._sums: dict[str, _Sums] = {}
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor | Encoded]]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fp8-kernel") as pool:
+            ahead: tuple[list[Piece], Future[list[ChannelCodes]]] | None = None
+            for work in self._work():
+                if isinstance(work, list):  # a run: start it, then write the one before
+                    source = self.reader.span(work[0].plan.source, work[0].start, sum(p.numel for p in work))
+                    map_in(source)
+                    started = pool.submit(self._quantizer.quantize, source, [(p.rows, p.cols) for p in work])
+                    if ahead is not None:
+                        yield from self._outputs(*ahead)
+                    ahead = (work, started)
+                    continue
+                if ahead is not None:
+                    yield from self._outputs(*ahead)
+                    ahead = None
+                if work.action == "keep":
+                    for chunk in self.reader.row_chunks(work.source.name, self.chunk_bytes):
+                        yield work.source.name, chunk
+                else:
+                    yield from self._block_scaled(work)
+            if ahead is not None:
+                yield from self._outputs(*ahead)
+
+    def _work(self) -> Iterator[list[Piece] | TensorPlan]:
+        """The plan in order: runs of per-channel pieces, and kept or block-scaled tensors."""
         run: list[Piece] = []
         run_numel = 0
         for item in self.plan.tensors:
             if item.action == "keep" or self.plan.block is not None:
-                yield from self._quantize_run(run)
+                if run:
+                    yield run
                 run, run_numel = [], 0
-                if item.action == "keep":
-                    for chunk in self.reader.row_chunks(item.source.name, self.chunk_bytes):
-                        yield item.source.name, chunk
-                else:
-                    yield from self._block_scaled(item)
+                yield item
                 continue
             for piece in pieces(item, self.budget):
                 if run and (not piece.follows(run[-1]) or run_numel + piece.numel > self.budget):
-                    yield from self._quantize_run(run)
+                    yield run
                     run, run_numel = [], 0
                 run.append(piece)
                 run_numel += piece.numel
-        yield from self._quantize_run(run)
+        if run:
+            yield run
 
-    def _quantize_run(self, run: list[Piece]) -> Iterator[tuple[str, torch.Tensor]]:
-        if not run:
-            return
-        source = self.reader.span(run[0].plan.source, run[0].start, sum(p.numel for p in run))
-        results = self._quantizer.quantize(source, [(p.rows, p.cols) for p in run])
-        for piece, result in zip(run, results, strict=True):
+    def _outputs(self, run: list[Piece], quantized: Future[list[ChannelCodes]]) -> Iterator[tuple[str, Encoded]]:
+        for piece, result in zip(run, quantized.result(), strict=True):
             weight, scale = piece.plan.outputs
-            yield weight.name, result.codes.view(piece.shape)
+            yield weight.name, Encoded("F8_E4M3", piece.shape, result.codes)
+            if piece.last and weight.name not in self._sums:  # the usual case: the whole output in one piece
+                yield scale.name, Encoded("F32", scale.shape, result.scale)
+                self._record(weight.name, result.err_sq, result.ref_sq)
+                continue
             sums = self._sums.setdefault(weight.name, _Sums())
             sums.scales.append(result.scale)
             sums.err_sq += result.err_sq
             sums.ref_sq += result.ref_sq
             if piece.last:
                 del self._sums[weight.name]
-                yield scale.name, torch_cat(sums.scales).view(scale.shape)
+                yield scale.name, Encoded("F32", scale.shape, np.concatenate(sums.scales))
                 self._record(weight.name, sums.err_sq, sums.ref_sq)
 
     def _block_scaled(self, item: TensorPlan) -> Iterator[tuple[str, torch.Tensor]]:
         import torch
 
+        block = self.plan.block
+        assert block is not None
         name = item.source.name
         if item.select is not None:
             expert, start, stop = item.select
             chunks: Iterator[torch.Tensor] = iter([self.reader.rows(name, expert, expert + 1)[0, start:stop]])
         else:
-            multiple = self.plan.block if len(item.source.shape) == 2 else 1
-            chunks = self.reader.row_chunks(name, self.chunk_bytes, multiple=multiple or 1)
+            multiple = block if len(item.source.shape) == 2 else 1
+            chunks = self.reader.row_chunks(name, self.chunk_bytes, multiple=multiple)
         scales: list[torch.Tensor] = []
         err_sq = ref_sq = 0.0
         for chunk in chunks:
             ref = chunk.to(torch.float32)
-            q, scale = quantize_rows(ref, self.plan.block)
-            err_sq += float(torch.linalg.vector_norm(dequantize_rows(q, scale, self.plan.block).sub_(ref))) ** 2
+            q, scale = quantize_blocks(ref, block)
+            err_sq += float(torch.linalg.vector_norm(dequantize_blocks(q, scale, block).sub_(ref))) ** 2
             ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
             del ref
             scales.append(scale)
@@ -505,13 +564,6 @@ class QuantizedStream:
         self.errors[name] = math.sqrt(err_sq / ref_sq) if ref_sq > 0 else 0.0
         if self.progress:
             self.progress(f"{name}: rel. error {self.errors[name]:.4f}")
-
-
-def torch_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat`` along rows, without a copy for the usual single piece."""
-    import torch
-
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
 
 
 @contextlib.contextmanager
@@ -583,9 +635,10 @@ def quantize_checkpoint(
         raise UserError("--out must differ from --model: quantization writes a new checkpoint")
     checkpoint = Checkpoint.open(model_dir)
     plan = plan_quantization(checkpoint, block=block, skip_experts=skip_experts, unfuse=unfuse)
+    shards = layout_shards(plan.output, max_shard_bytes)
     reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
     stream = QuantizedStream(plan, reader, chunk_bytes, progress)
-    write_streamed(out_dir, plan.output, stream.tensors(), max_shard_bytes=max_shard_bytes)
+    written = write_streamed(out_dir, shards, stream.tensors())
     errors = stream.errors
     reader.close()
     config = dict(checkpoint.config)
@@ -594,14 +647,14 @@ def quantize_checkpoint(
     copy_side_files(model_dir, out_dir)
     if (model_dir / PRUNING_FILE).is_file():  # the quantized checkpoint keeps its pruning record
         shutil.copy2(model_dir / PRUNING_FILE, out_dir / PRUNING_FILE)
-    after = Checkpoint.open(out_dir).file_bytes()
+    after = sum(path.stat().st_size for path in written)
     worst_tensor = max(errors, key=lambda n: errors[n]) if errors else ""
     counts = plan.counts()
     return FP8Result(
         out_dir=out_dir,
         before_bytes=checkpoint.file_bytes(),
         after_bytes=after,
-        predicted_bytes=plan.predicted_bytes(max_shard_bytes),
+        predicted_bytes=sum(shard.file_bytes for shard in shards),
         quantized=counts["quantized"],
         kept=counts["kept"],
         worst_error=errors.get(worst_tensor, 0.0),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -274,10 +274,11 @@ def resolve(checkpoint: Checkpoint) -> MoEModel:
             f"{checkpoint.path}: no decoder layer tensors found under any of {', '.join(LAYER_PREFIXES)} "
             f"(first tensors: {', '.join(sorted(names)[:3])})"
         )
+    by_layer = _names_by_layer(names, prefix)
     layers = []
     for index in range(n_layers):
         if family.sparse_layer(text, index):
-            layers.append(_resolve_layer(checkpoint, family, prefix, index, n_experts))
+            layers.append(_resolve_layer(checkpoint, family, prefix, index, n_experts, by_layer.get(index, [])))
     if not layers:
         raise UserError(f"{checkpoint.path}: config says no layer is sparse, so there are no experts to work on")
     return MoEModel(
@@ -295,9 +296,20 @@ def resolve(checkpoint: Checkpoint) -> MoEModel:
 
 
 _EXPERT_ID = re.compile(r"^experts\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(\d+)\.")
 
 
-def _resolve_layer(checkpoint: Checkpoint, family: Family, prefix: str, index: int, n_experts: int) -> MoELayer:
+def _names_by_layer(names: Iterable[str], prefix: str) -> dict[int, list[str]]:
+    """Tensor names under ``prefix<i>.``, per layer ``i``: one pass, not one scan of every name per layer."""
+    grouped: dict[int, list[str]] = {}
+    for name in names:
+        if name.startswith(prefix) and (match := _LAYER_INDEX.match(name, len(prefix))):
+            grouped.setdefault(int(match.group(1)), []).append(name)
+    return grouped
+
+
+def _resolve_layer(checkpoint: Checkpoint, family: Family, prefix: str, index: int, n_experts: int,
+                   layer_names: list[str]) -> MoELayer:
     names = checkpoint.tensors
     layer_prefix = f"{prefix}{index}."
     block = next((f"{layer_prefix}{b}." for b in family.blocks if f"{layer_prefix}{b}.gate.weight" in names), None)
@@ -313,8 +325,9 @@ def _resolve_layer(checkpoint: Checkpoint, family: Family, prefix: str, index: i
             "the config and weights disagree"
         )
     extras = [f"{block}{extra}" for extra in family.router_extras if f"{block}{extra}" in names]
-    in_block = [n for n in names if n.startswith(f"{block}experts.")]
-    shared = [n for n in names if any(n.startswith(f"{block}{s}.") for s in family.shared)]
+    in_block = [n for n in layer_names if n.startswith(f"{block}experts.")]
+    shared_prefixes = tuple(f"{block}{s}." for s in family.shared)
+    shared = [n for n in layer_names if shared_prefixes and n.startswith(shared_prefixes)]
     per_expert: dict[int, list[str]] = {}
     fused: list[str] = []
     for name in in_block:
