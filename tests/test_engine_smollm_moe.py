@@ -1,9 +1,11 @@
 """The real-language MoE built from SmolLM2-135M: a Qwen2-MoE that transformers and vLLM load.
 
 Measured on held-out MMLU dev questions rendered with the chat template (never used to build the
-MoE or to calibrate pruning). Thresholds: the MoE within 1.0 nats of the dense model's loss (0.83
-measured); a checkpoint written by ``bench prune`` has the loss the expert mask predicts (2e-3);
-FP8 within 0.05 nats of bf16. How REAP compares with other criteria on this model is measured by
+MoE or to calibrate pruning). Thresholds: the MoE within 1.0 nats of the dense model's loss (0.69
+and 0.72 measured on two builds); a checkpoint written by ``bench prune`` has the loss the expert
+mask predicts (2e-3); FP8 within 0.05 nats of bf16 (0.004 and 0.021 measured). The build is not
+bit-reproducible (float rounding in the fits differs from run to run), so the thresholds leave room.
+How REAP compares with other criteria on this model is measured by
 ``benchmarks/pruning_quality.py``, not asserted: its fitted experts are not trained ones.
 """
 
