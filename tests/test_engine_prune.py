@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import vllm_python
 
 from harness.engine.checkpoint import Checkpoint
 from harness.engine.moe import resolve
@@ -273,14 +274,11 @@ def test_pruned_scripted_model_is_served_by_vllm_and_passes_preflight(tmp_path: 
     from harness.preflight import PreflightOptions, first_failure, run_preflight
     from harness.server import LaunchConfig, serving
 
-    vllm_python = Path("/work/vllm-env/bin/python")
-    if not vllm_python.exists():
-        pytest.skip("no vLLM interpreter")
     source = build_scripted(tmp_path / "scripted")
     prune_checkpoint(source, tmp_path / "pruned", mix, PruneOptions(compression=0.5))
     parsers = choose_parsers(read_checkpoint(tmp_path / "pruned"))
     config = LaunchConfig(model=tmp_path / "pruned", served_model_name="pruned", parsers=parsers,
-                          python=str(vllm_python), max_model_len=1024, cache_root=tmp_path / "vllm-cache")
+                          python=vllm_python(), max_model_len=1024, cache_root=tmp_path / "vllm-cache")
 
     async def probe(base_url: str) -> list:  # type: ignore[type-arg]
         client = ChatClient(ClientConfig(endpoints=[f"{base_url}/v1"], model="pruned", concurrency=1))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import vllm_python
 
 pytestmark = pytest.mark.engine
 torch = pytest.importorskip("torch")
@@ -120,11 +121,8 @@ def test_vllm_serves_the_smollm_moe(built: dict[str, Path], tmp_path: Path) -> N
     from harness.checkpoint import ParserChoice
     from harness.server import LaunchConfig, serving
 
-    vllm_python = Path("/work/vllm-env/bin/python")
-    if not vllm_python.exists():
-        pytest.skip("no vLLM interpreter")
     config = LaunchConfig(model=built["moe"], served_model_name="smollm-moe", parsers=ParserChoice(None, None, "test"),
-                          python=str(vllm_python), max_model_len=1024, cache_root=tmp_path / "vllm-cache")
+                          python=vllm_python(), max_model_len=1024, cache_root=tmp_path / "vllm-cache")
     with serving(config, tmp_path / "server.log") as server:
         reply = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=300, json={
             "model": "smollm-moe", "temperature": 0, "max_tokens": 24,

@@ -12,7 +12,6 @@ The header parser is plain Python (no torch), so ``bench fit`` runs without the 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import mmap
@@ -285,10 +284,12 @@ class PlannedTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    # Asked for several times per tensor by layout and writer, so computed once, on creation (a
+    # cached property takes a lock on first use, which costs more than the product itself).
+    nbytes: int = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def nbytes(self) -> int:  # asked for several times per tensor by layout and writer
-        return int(math.prod(self.shape) * DTYPE_BYTES[self.dtype])
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", int(math.prod(self.shape) * DTYPE_BYTES[self.dtype]))
 
 
 TORCH_TO_ST = {
