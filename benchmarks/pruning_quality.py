@@ -5,15 +5,18 @@ calibration text (MMLU test questions), then measures next-token loss on held-ou
 questions, never used to build or calibrate) with only the kept experts routable, for REAP,
 frequency, mean gate weight, EAN, the inverse of REAP (keeps the least salient experts) and
 several random selections, at each compression ratio. Prints one table; lower loss is better.
+Each criterion's loss is also compared with REAP's question by question on the same held-out
+tokens: the difference (positive means REAP is better) with its standard error over questions, so
+a gap smaller than the held-out text can resolve reads as such.
 
     python benchmarks/pruning_quality.py [--model DIR] [--data-dir ../shared/data] [--seeds 5]
+        [--samples 128] [--held-out 285]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +43,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="a MoE checkpoint (default: build the SmolLM2 MoE)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("BENCH_DATA_DIR", "../shared/data")))
     parser.add_argument("--seeds", type=int, default=5, help="random selections per ratio")
-    parser.add_argument("--samples", type=int, default=48, help="calibration and held-out questions each")
+    parser.add_argument("--samples", type=int, default=128, help="calibration questions (MMLU test)")
+    parser.add_argument("--held-out", type=int, default=285, help="held-out questions (MMLU dev has 285)")
     parser.add_argument("--ratios", default="0.25,0.5")
     args = parser.parse_args()
 
@@ -58,7 +62,7 @@ def main() -> int:
     started = time.perf_counter()
     model = args.model or build_smollm_moe(work / "smollm-moe", data_dir=args.data_dir, progress=None)
     built = time.perf_counter() - started
-    held_out = build_samples(load_mix(mix_file(work / "held.yaml", args.data_dir, "dev", 1, args.samples)),
+    held_out = build_samples(load_mix(mix_file(work / "held.yaml", args.data_dir, "dev", 1, args.held_out)),
                              model).token_ids
     calibration = build_samples(load_mix(mix_file(work / "cal.yaml", args.data_dir, "test", 0, args.samples)),
                                 model).token_ids
@@ -66,29 +70,42 @@ def main() -> int:
     moe = resolve(checkpoint)
     scoring = score_experts(checkpoint, moe, calibration, PruneOptions(keep=1, propagate="unpruned"), keep=1)
     meter = LossMeter(model)
-    base = meter.loss(held_out)
+    lengths = torch.tensor([len(ids) - 1 for ids in held_out])
+    base = float(meter.token_losses(held_out).double().mean())
     print(f"model {model} ({moe.family.name}, {moe.n_experts} experts, top-{moe.top_k}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"build {built:.0f} s")
-    print(f"held-out: {sum(len(t) for t in held_out)} tokens; calibration: {sum(len(t) for t in calibration)} tokens")
+    print(f"held-out: {int(lengths.sum())} tokens in {len(held_out)} questions; "
+          f"calibration: {sum(len(t) for t in calibration)} tokens in {len(calibration)} questions")
     print(f"unpruned loss {base:.4f}\n")
 
-    def loss(criterion: str, keep: int, seed: int = 0, invert: bool = False) -> float:
+    def losses(criterion: str, keep: int, seed: int = 0, invert: bool = False) -> torch.Tensor:
         scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}
         if invert:
             scores = {layer: [-value for value in values] for layer, values in scores.items()}
-        return meter.loss(held_out, select_experts(scores, keep))
+        return meter.token_losses(held_out, select_experts(scores, keep)).double()
 
-    print("| compression | keep | " + " | ".join(CRITERIA) + " | inverse REAP | random mean [min, max] |")
-    print("|---|---|" + "---|" * (len(CRITERIA) + 2))
+    def versus(other: torch.Tensor, reap: torch.Tensor) -> str:
+        """Mean loss gap over REAP (nats per token) and its standard error over questions."""
+        per_question = torch.stack([d.sum() for d in torch.split(other - reap, lengths.tolist())])
+        n, total = len(per_question), float(lengths.sum())
+        gap = float(per_question.sum()) / total
+        spread = (per_question - gap * lengths).pow(2).sum() * n / max(n - 1, 1)
+        return f"{gap:+.4f} ± {float(spread.sqrt()) / total:.4f}"
+
+    print("| compression | keep | selection | held-out loss | minus REAP ± s.e. |")
+    print("|---|---|---|---|---|")
     for ratio in (float(r) for r in args.ratios.split(",")):
         keep = max(moe.top_k, round(moe.n_experts * (1 - ratio)))
-        measured = [loss(criterion, keep) for criterion in CRITERIA]
-        inverse = loss("reap", keep, invert=True)
-        randoms = [loss("random", keep, seed) for seed in range(args.seeds)]
-        print(f"| {ratio:.2f} | {keep} | " + " | ".join(f"{value:.4f}" for value in measured)
-              + f" | {inverse:.4f} | {statistics.mean(randoms):.4f} [{min(randoms):.4f}, {max(randoms):.4f}] |",
-              flush=True)
+        rows = {criterion: losses(criterion, keep) for criterion in CRITERIA}
+        rows["inverse REAP"] = losses("reap", keep, invert=True)
+        randoms = [losses("random", keep, seed) for seed in range(args.seeds)]
+        for seed, values in enumerate(randoms):
+            rows[f"random seed {seed}"] = values
+        rows["random, mean of seeds"] = torch.stack(randoms).mean(0)
+        for name, values in rows.items():
+            gap = "" if name == "reap" else versus(values, rows["reap"])
+            print(f"| {ratio:.2f} | {keep} | {name} | {float(values.mean()):.4f} | {gap} |", flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     return 0
 

@@ -409,8 +409,9 @@ class LossMeter:
 
         return forward
 
-    def loss(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> float:
-        """Mean next-token cross-entropy (nats) over ``token_ids`` with only ``kept`` experts routable."""
+    def token_losses(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> torch.Tensor:
+        """Next-token cross-entropy (nats) of every predicted token in ``token_ids``, in order, with only
+        ``kept`` experts routable: one value per token, so two selections compare token by token."""
         import torch
 
         self._masks = {}
@@ -419,11 +420,14 @@ class LossMeter:
             mask = torch.ones(n, dtype=torch.bool)
             mask[list(ids)] = False
             self._masks[index] = mask
-        total, count = 0.0, 0
+        losses = []
         with torch.inference_mode():
             for ids in token_ids:
                 batch = torch.tensor([ids])
                 logits = self.model(batch).logits[0, :-1]
-                total += float(torch.nn.functional.cross_entropy(logits, batch[0, 1:], reduction="sum"))
-                count += len(ids) - 1
-        return total / count
+                losses.append(torch.nn.functional.cross_entropy(logits.float(), batch[0, 1:], reduction="none"))
+        return torch.cat(losses)
+
+    def loss(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> float:
+        """Mean next-token cross-entropy (nats) over ``token_ids`` with only ``kept`` experts routable."""
+        return float(self.token_losses(token_ids, kept).double().mean())
