@@ -71,7 +71,7 @@ def main() -> int:
     scoring = score_experts(checkpoint, moe, calibration, PruneOptions(keep=1, propagate="unpruned"), keep=1)
     meter = LossMeter(model)
     lengths = torch.tensor([len(ids) - 1 for ids in held_out])
-    base = float(meter.token_losses(held_out).double().mean())
+    base = meter.loss(held_out)
     print(f"model {model} ({moe.family.name}, {moe.n_experts} experts, top-{moe.top_k}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"build {built:.0f} s")
