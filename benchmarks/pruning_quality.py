@@ -7,7 +7,8 @@ frequency, mean gate weight, EAN, the inverse of REAP (keeps the least salient e
 several random selections, at each compression ratio. Prints one table; lower loss is better.
 Each criterion's loss is also compared with REAP's question by question on the same held-out
 tokens: the difference (positive means REAP is better) with its standard error over questions, so
-a gap smaller than the held-out text can resolve reads as such.
+a gap smaller than the held-out text can resolve reads as such; the spread of the random selections'
+losses says how far a single random choice strays from their mean.
 
     python benchmarks/pruning_quality.py [--model DIR] [--data-dir ../shared/data] [--seeds 5]
         [--samples 128] [--held-out 285]
@@ -106,6 +107,9 @@ def main() -> int:
         for name, values in rows.items():
             gap = "" if name == "reap" else versus(values, rows["reap"])
             print(f"| {ratio:.2f} | {keep} | {name} | {float(values.mean()):.4f} | {gap} |", flush=True)
+        if len(randoms) > 1:  # how far one random selection strays: often wider than the question error
+            spread = float(torch.stack([values.mean() for values in randoms]).std())
+            print(f"| {ratio:.2f} | {keep} | random, s.d. over seeds | ± {spread:.4f} | |", flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     return 0
 
