@@ -194,11 +194,17 @@ def test_serve_checks_its_input_like_run(scripted_model: Path, tmp_path: Path) -
         assert result.stderr.strip().splitlines()[-1] == f"error: chat template {tmp_path / 'missing.j2'} does not exist"
 
 
+def _interactive_signals() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background (``cmd &``) inherits SIGINT
+    ignored, which would make the server under test deaf to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_stops_its_process_group_on_ctrl_c(scripted_model: Path, tmp_path: Path) -> None:
     env = {**os.environ, "BENCH_VLLM_PYTHON": vllm_python()}
     proc = subprocess.Popen([*bench_cmd(), "serve", "--model", str(scripted_model), "--max-model-len", "1024",
                              "--log", str(tmp_path / "serve.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True, preexec_fn=_interactive_signals)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert line.startswith("serving scripted at http://127.0.0.1:"), line
