@@ -56,7 +56,7 @@ def main() -> int:
     from harness.engine.moe import resolve
     from harness.engine.prune import PruneOptions, select_experts
     from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import LossMeter
+    from harness.engine.smollm_moe import LossMeter, loss_gap
     from harness.engine.toy import build_smollm_moe
 
     work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
@@ -71,12 +71,12 @@ def main() -> int:
     moe = resolve(checkpoint)
     scoring = score_experts(checkpoint, moe, calibration, PruneOptions(keep=1, propagate="unpruned"), keep=1)
     meter = LossMeter(model)
-    lengths = torch.tensor([len(ids) - 1 for ids in held_out])
+    lengths = [len(ids) - 1 for ids in held_out]
     base = meter.loss(held_out)
     print(f"model {model} ({moe.family.name}, {moe.n_experts} experts, top-{moe.top_k}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"build {built:.0f} s")
-    print(f"held-out: {int(lengths.sum())} tokens in {len(held_out)} questions; "
+    print(f"held-out: {sum(lengths)} tokens in {len(held_out)} questions; "
           f"calibration: {sum(len(t) for t in calibration)} tokens in {len(calibration)} questions")
     print(f"unpruned loss {base:.4f}\n")
 
@@ -87,12 +87,8 @@ def main() -> int:
         return meter.token_losses(held_out, select_experts(scores, keep)).double()
 
     def versus(other: torch.Tensor, reap: torch.Tensor) -> str:
-        """Mean loss gap over REAP (nats per token) and its standard error over questions."""
-        per_question = torch.stack([d.sum() for d in torch.split(other - reap, lengths.tolist())])
-        n, total = len(per_question), float(lengths.sum())
-        gap = float(per_question.sum()) / total
-        spread = (per_question - gap * lengths).pow(2).sum() * n / max(n - 1, 1)
-        return f"{gap:+.4f} ± {float(spread.sqrt()) / total:.4f}"
+        gap, error = loss_gap(other, reap, lengths)
+        return f"{gap:+.4f} ± {error:.4f}"
 
     print("| compression | keep | selection | held-out loss | minus REAP ± s.e. |")
     print("|---|---|---|---|---|")

@@ -79,9 +79,13 @@ def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed:
 
 def _layer_experts(
     inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, n_experts: int, top_k: int,
-    shared: int, seed: int,
+    shared: int, seed: int, tiers: int = 1,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
-    """Shared neurons, per-expert neuron groups, router [E, H], shared and expert down projections, rebuild error."""
+    """Shared neurons, per-expert neuron groups, router [E, H], shared and expert down projections, rebuild error.
+
+    The routed neurons are ranked by importance and cut into ``tiers`` contiguous bands, each
+    clustered into ``n_experts / tiers`` experts, so experts differ in how much they matter.
+    """
     import torch
 
     act = torch.nn.functional.silu(inputs @ gate.T) * (inputs @ up.T)  # [T, I]
@@ -91,8 +95,10 @@ def _layer_experts(
     shared_ids = order[: len(order) - n_own]  # the most important neurons (plus any remainder)
     own = order[len(order) - n_own :]
     # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
-    assignment = balanced_kmeans(profile[:2048, own].T, n_experts, seed=seed)
-    groups = [own[assignment == e] for e in range(n_experts)]
+    groups = []
+    for band in own.chunk(tiers):  # own is in descending importance: tier 0 holds the strongest
+        assignment = balanced_kmeans(profile[:2048, band].T, n_experts // tiers, seed=seed)
+        groups += [band[assignment == e] for e in range(n_experts // tiers)]
     outputs = torch.stack([act[:, g] @ down[:, g].T for g in groups])  # [E, T, H]
     always = act[:, shared_ids] @ down[:, shared_ids].T
     # How much including each expert shrinks the error of the remaining dense sum: neuron
@@ -231,6 +237,7 @@ def build_smollm_moe(
     n_experts: int = 8,
     top_k: int = 2,
     shared_fraction: float = 0.5,
+    tiers: int = 4,
     calibration: Mix | None = None,
     data_dir: Path | str | None = None,
     fit_tokens: int = 8192,
@@ -249,6 +256,10 @@ def build_smollm_moe(
             that form the always-on shared expert; the rest is split between routed experts.
             Dense SwiGLU activations are not sparse, so some always-on neurons keep the MoE close
             to the dense model at the cost of larger experts.
+        tiers: importance bands the routed neurons are cut into before clustering (must divide
+            ``n_experts``): with one band every expert holds a similar mix of strong and weak
+            neurons and they differ only in which tokens they serve; with several, some experts
+            matter more than others, as in trained MoEs, so a pruning criterion has a right answer.
         calibration: text the neuron groups and routers are fitted on; the shipped
             ``smollm-moe-fit`` mix (needs ``data_dir`` or BENCH_DATA_DIR) by default.
         fit_tokens: at most this many calibration tokens are used.
@@ -275,6 +286,8 @@ def build_smollm_moe(
         )
     if getattr(config, "head_dim", None) not in (None, config.hidden_size // config.num_attention_heads):
         raise UserError(f"{dense_dir}: head_dim {config.head_dim} is not hidden_size / heads, which Qwen2-MoE requires")
+    if tiers < 1 or n_experts % tiers:
+        raise UserError(f"tiers must divide n_experts {n_experts}, got {tiers}")
     if not 0 < shared_fraction < 1:
         raise UserError(f"shared_fraction must be in (0, 1), got {shared_fraction}")
     n_shared = round(shared_fraction * config.intermediate_size)
@@ -303,7 +316,7 @@ def build_smollm_moe(
         hook.remove()
         shared_ids, groups, router, shared_down, downs, error = _layer_experts(
             torch.cat(captured), mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, n_experts, top_k,
-            n_shared, seed + index,
+            n_shared, seed + index, tiers,
         )
         errors.append(error)
         layer.mlp = _routed_mlp(mlp.gate_proj.weight, mlp.up_proj.weight, shared_ids, shared_down, groups, downs,
@@ -431,3 +444,21 @@ class LossMeter:
     def loss(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> float:
         """Mean next-token cross-entropy (nats) over ``token_ids`` with only ``kept`` experts routable."""
         return float(self.token_losses(token_ids, kept).double().mean())
+
+
+def loss_gap(other: torch.Tensor, reference: torch.Tensor, lengths: list[int]) -> tuple[float, float]:
+    """Mean per-token loss of ``other`` minus ``reference`` (same tokens, from ``LossMeter.token_losses``)
+    and its standard error over the questions ``lengths`` splits the tokens into.
+
+    Tokens of one question are not independent, so the error is taken over questions (a ratio
+    estimator: each question's summed difference against the mean gap times its length); positive
+    means ``reference`` is better.
+    """
+    import torch
+
+    difference = (other - reference).double()
+    per_question = torch.stack([chunk.sum() for chunk in torch.split(difference, lengths)])
+    n, total = len(per_question), float(sum(lengths))
+    gap = float(per_question.sum()) / total
+    spread = (per_question - gap * torch.tensor(lengths, dtype=torch.float64)).pow(2).sum() * n / max(n - 1, 1)
+    return gap, float(spread.sqrt()) / total
