@@ -95,10 +95,10 @@ def _layer_experts(
     shared_ids = order[: len(order) - n_own]  # the most important neurons (plus any remainder)
     own = order[len(order) - n_own :]
     # Co-activation over (at most) 2048 tokens is plenty to group neurons, and keeps this fast.
-    groups = []
+    groups, per_band = [], n_experts // tiers
     for band in own.chunk(tiers):  # own is in descending importance: tier 0 holds the strongest
-        assignment = balanced_kmeans(profile[:2048, band].T, n_experts // tiers, seed=seed)
-        groups += [band[assignment == e] for e in range(n_experts // tiers)]
+        assignment = balanced_kmeans(profile[:2048, band].T, per_band, seed=seed)
+        groups += [band[assignment == e] for e in range(per_band)]
     outputs = torch.stack([act[:, g] @ down[:, g].T for g in groups])  # [E, T, H]
     always = act[:, shared_ids] @ down[:, shared_ids].T
     # How much including each expert shrinks the error of the remaining dense sum: neuron
