@@ -8,7 +8,10 @@ several random selections, at each compression ratio. Prints one table; lower lo
 Each criterion's loss is also compared with REAP's question by question on the same held-out
 tokens: the difference (positive means REAP is better) with its standard error over questions, so
 a gap smaller than the held-out text can resolve reads as such; the spread of the random selections'
-losses says how far a single random choice strays from their mean.
+losses says how far a single random choice strays from their mean. A yardstick comes first: how far
+the unpruned model's loss moves when every routed expert's output is scaled by 0.9 or 1.1: a gap
+between criteria no larger than the loss's response to so small a uniform change says little about
+the criteria.
 
     python benchmarks/pruning_quality.py [--model DIR] [--data-dir ../shared/data] [--seeds 5]
         [--samples 128] [--held-out 285]
@@ -72,13 +75,18 @@ def main() -> int:
     scoring = score_experts(checkpoint, moe, calibration, PruneOptions(keep=1, propagate="unpruned"), keep=1)
     meter = LossMeter(model)
     lengths = [len(ids) - 1 for ids in held_out]
-    base = meter.loss(held_out)
+    base_losses = meter.token_losses(held_out).double()
+    base = float(base_losses.mean())
     print(f"model {model} ({moe.family.name}, {moe.n_experts} experts, top-{moe.top_k}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"build {built:.0f} s")
     print(f"held-out: {sum(lengths)} tokens in {len(held_out)} questions; "
           f"calibration: {sum(len(t) for t in calibration)} tokens in {len(calibration)} questions")
-    print(f"unpruned loss {base:.4f}\n")
+    print(f"unpruned loss {base:.4f}")
+    for scale in (0.9, 1.1):
+        gap, error = loss_gap(meter.token_losses(held_out, routed_scale=scale).double(), base_losses, lengths)
+        print(f"yardstick: every routed output x{scale}: loss {gap:+.4f} ± {error:.4f} against unpruned")
+    print()
 
     def losses(criterion: str, keep: int, seed: int = 0, invert: bool = False) -> torch.Tensor:
         scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}

@@ -13,6 +13,14 @@ and at 50% it lost to frequency on one build and to the mean of three random sel
 Building with ``tiers=4`` (experts cut from importance bands) did not settle it: REAP beat frequency
 by +0.042, +0.049, +0.032 nats at 25% on three builds (s.e. ~0.006) and lost by -0.004 ± 0.005 on
 a fourth, and random selections scatter too widely at 25% (s.d. up to 0.031 nats over six seeds).
+Nor did 16 experts, top-4, ``tiers=4``: on four builds REAP beat frequency and the mean of four
+random selections at both ratios on two, and on the other two lost to frequency (-0.030, -0.055)
+or to the random mean (-0.003 at 25%). REAP does find the weakest band (its 25% loss equals the
+loss with that band removed everywhere, on two builds), but on held-out text a band's removal is not
+costlier the stronger the band, and on one 16-expert build removing the most salient half of the
+experts lowered the loss (by 0.048) and beat REAP by 0.097 ± 0.008, where scaling every routed
+output by 0.9 or 1.1 moved it by only +0.009 and -0.005: these fitted experts' output size does
+not track their use on unseen text. ``benchmarks/pruning_quality.py`` prints that yardstick first.
 """
 
 from __future__ import annotations
@@ -104,6 +112,26 @@ def test_pruned_checkpoint_has_the_loss_its_expert_mask_predicts(built: dict[str
     print(f"held-out loss: unpruned {moe_meter.loss(held_out):.4f}, REAP 50% masked {masked:.4f}, written {written:.4f}")
     assert written == pytest.approx(masked, abs=2e-3)
     assert result.after_bytes < result.before_bytes
+
+
+def test_routed_scale_scales_every_routed_expert_output(built: dict[str, Path], held_out, moe_meter) -> None:  # type: ignore[no-untyped-def]
+    from harness.engine.smollm_moe import LossMeter
+
+    unscaled = moe_meter.token_losses(held_out)
+    halved = moe_meter.token_losses(held_out, routed_scale=0.5)
+    assert torch.equal(moe_meter.token_losses(held_out), unscaled)  # the scale lasts one call
+    # The same model with every routed expert's down projection halved on load.
+    reference = LossMeter(built["moe"])
+    with torch.no_grad():
+        for layer in reference.model.model.layers:
+            for name, weight in layer.mlp.experts.named_parameters():
+                if "down" in name:
+                    weight.mul_(0.5)
+    expected = reference.token_losses(held_out)
+    print(f"held-out loss: routed x1 {float(unscaled.mean()):.4f}, x0.5 {float(halved.mean()):.4f}, "
+          f"down projections halved {float(expected.mean()):.4f}")
+    assert float((halved - unscaled).abs().mean()) > 1e-3
+    assert torch.allclose(halved, expected, atol=1e-3)
 
 
 def test_loss_gap_is_the_token_weighted_gap_with_its_error_over_questions() -> None:

@@ -394,7 +394,9 @@ class LossMeter:
 
     Masking removed experts' router logits is exactly what slicing them out does to a renormalizing
     router (top-k, then softmax over the chosen logits), so many pruning choices can be compared
-    on one loaded model; ``bench prune`` output is checked against it in the tests.
+    on one loaded model; ``bench prune`` output is checked against it in the tests. Scaling the
+    routing weights (``routed_scale``) scales every routed expert's output: how far the loss moves
+    under such a small uniform change is the yardstick a gap between two selections must clear.
     """
 
     def __init__(self, model_dir: Path | str) -> None:
@@ -403,6 +405,7 @@ class LossMeter:
 
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         self._masks: dict[int, torch.Tensor] = {}
+        self._routed_scale = 1.0
         for index, layer in enumerate(self.model.model.layers):
             router = getattr(getattr(layer, "mlp", None), "gate", None)
             if router is not None and hasattr(router, "top_k"):
@@ -419,15 +422,19 @@ class LossMeter:
             if mask is not None:
                 logits = logits.masked_fill(mask, float("-inf"))
             values, indices = torch.topk(logits.float(), router.top_k, dim=-1)
-            return logits, torch.softmax(values, dim=-1).to(logits.dtype), indices
+            weights = torch.softmax(values, dim=-1) * self._routed_scale
+            return logits, weights.to(logits.dtype), indices
 
         return forward
 
-    def token_losses(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> torch.Tensor:
+    def token_losses(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None,
+                     routed_scale: float = 1.0) -> torch.Tensor:
         """Next-token cross-entropy (nats) of every predicted token in ``token_ids``, in order, with only
-        ``kept`` experts routable: one value per token, so two selections compare token by token."""
+        ``kept`` experts routable and every routed expert's output times ``routed_scale``: one value
+        per token, so two selections compare token by token."""
         import torch
 
+        self._routed_scale = routed_scale
         self._masks = {}
         for index, ids in (kept or {}).items():
             n = self.model.model.layers[index].mlp.gate.weight.shape[0]
