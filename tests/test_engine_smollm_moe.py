@@ -14,13 +14,14 @@ Building with ``tiers=4`` (experts cut from importance bands) did not settle it:
 by +0.042, +0.049, +0.032 nats at 25% on three builds (s.e. ~0.006) and lost by -0.004 ± 0.005 on
 a fourth, and random selections scatter too widely at 25% (s.d. up to 0.031 nats over six seeds).
 Nor did 16 experts, top-4, ``tiers=4``: on four builds REAP beat frequency and the mean of four
-random selections at both ratios on two, and on the other two lost to frequency (-0.030, -0.055)
-or to the random mean (-0.003 at 25%). REAP does find the weakest band (its 25% loss equals the
-loss with that band removed everywhere, on two builds), but on held-out text a band's removal is not
-costlier the stronger the band, and on one 16-expert build removing the most salient half of the
-experts lowered the loss (by 0.048) and beat REAP by 0.097 ± 0.008, where scaling every routed
-output by 0.9 or 1.1 moved it by only +0.009 and -0.005: these fitted experts' output size does
-not track their use on unseen text. ``benchmarks/pruning_quality.py`` prints that yardstick first.
+random selections at both ratios on two, and on the other two lost to frequency (-0.030, -0.055) or
+to the random mean (-0.003 at 25%). On 8-expert ``tiers=4`` builds REAP does find the weakest band
+(its 25% loss equals the loss with that band removed everywhere, on two builds), but on held-out
+text a band's removal is not costlier the stronger the band, and on one 16-expert build removing the
+most salient half of the experts lowered the loss (by 0.048) and beat REAP by 0.097 ± 0.008, where
+scaling every routed output by 0.9 or 1.1 moved it by only +0.009 and -0.005: these fitted experts'
+output size does not track their use on unseen text. ``benchmarks/pruning_quality.py`` prints that
+yardstick first.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def test_routed_scale_scales_every_routed_expert_output(built: dict[str, Path], 
     unscaled = moe_meter.token_losses(held_out)
     halved = moe_meter.token_losses(held_out, routed_scale=0.5)
     assert torch.equal(moe_meter.token_losses(held_out), unscaled)  # the scale lasts one call
-    # The same model with every routed expert's down projection halved on load.
+    # The same model with every routed expert's down projection halved in place.
     reference = LossMeter(built["moe"])
     with torch.no_grad():
         for layer in reference.model.model.layers:
