@@ -262,8 +262,10 @@ def build_smollm_moe(
         tiers: importance bands the routed neurons are cut into before clustering (must divide
             ``n_experts``): with one band every expert holds a similar mix of strong and weak
             neurons and they differ only in which tokens they serve; with several, some experts
-            matter more than others, as in trained MoEs, so a pruning criterion has a right answer
-            (with 4, REAP beat frequency on three builds of four: see the engine tests' docstring).
+            hold stronger neurons than others (on the dense model). That did not make one pruning
+            criterion reliably right on held-out text: with 4, REAP beat frequency at 25% on three
+            builds of four, and removing a band did not cost more the stronger the band (see the
+            engine tests' docstring).
         calibration: text the neuron groups and routers are fitted on; the shipped
             ``smollm-moe-fit`` mix (needs ``data_dir`` or BENCH_DATA_DIR) by default.
         fit_tokens: at most this many calibration tokens are used.
