@@ -13,7 +13,8 @@ The neurons that matter most on the calibration text form an always-on shared ex
 Qwen2-MoE and DeepSeek-MoE), so an expert's saliency measures its own neurons only. Finally the
 down projections are refitted (least squares held toward the dense weights, routing weights
 included) so the routed MLP best rebuilds the dense one on the calibration tokens: a chosen
-expert also stands in for the neurons routing left out.
+expert also stands in for the neurons routing left out. ``experts="exact"`` skips the refit: each
+expert keeps its dense neurons' down projection, for measuring pruning criteria (the engine tests).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.engine.checkpoint import copy_side_files
 from harness.errors import UserError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.engine.calibration import Mix
+    from harness.engine.reap import ScoringResult
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # router temperatures tried, in units of 1/std(logits)
 # Pull of the refitted down projections toward the dense model's own, relative to the mean
@@ -43,6 +45,10 @@ ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # router temperatures tried, in units 
 # lowered the fit error (0.034 and 0.036 against 0.042, with tiers=4), but then pruning the most
 # salient experts lowered the held-out loss most: inverse REAP beat REAP at 25% by 0.076 and 0.065.
 REFIT_RIDGE = 0.1
+# Router temperature of ``experts="exact"`` builds, in units of 1/std(logits): so cold that top-k
+# weights are uniform to about 0.1%, while the logits still rank the experts for each token.
+EXACT_ALPHA = 1e-3
+ExpertFit = Literal["refit", "exact"]
 
 
 def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed: int = 0) -> torch.Tensor:
@@ -82,12 +88,13 @@ def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed:
 
 def _layer_experts(
     inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, n_experts: int, top_k: int,
-    shared: int, seed: int, tiers: int = 1,
+    shared: int, seed: int, tiers: int = 1, fit: ExpertFit = "refit",
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
     """Shared neurons, per-expert neuron groups, router [E, H], shared and expert down projections, rebuild error.
 
     The routed neurons are ranked by importance and cut into ``tiers`` contiguous bands, each
     clustered into ``n_experts / tiers`` experts, so experts differ in how much they matter.
+    ``fit`` says how the down projections are made (see ``build_smollm_moe``).
     """
     import torch
 
@@ -115,14 +122,18 @@ def _layer_experts(
     # The temperature whose routing, with one least-squares gain on the routed part, rebuilds best;
     # then one refit of the down projections under that routing.
     best = (math.inf, 0.0)
-    for alpha in ALPHAS:
+    for alpha in ALPHAS if fit == "refit" else (EXACT_ALPHA,):
         routed = _moe_output(outputs, logits * alpha * unit, top_k)
         gain = (routed * own_sum).sum() / routed.pow(2).sum().clamp_min(1e-12)
         error = float((always + gain * routed - dense).pow(2).sum())
         if error < best[0]:
             best = (error, alpha)
     weights = _routing_weights(logits * best[1] * unit, top_k)
-    downs, rebuilt = _refit_downs(act, [shared_ids, *groups], weights, dense, down)
+    if fit == "refit":
+        downs, rebuilt = _refit_downs(act, [shared_ids, *groups], weights, dense, down)
+    else:  # the dense neurons as they are; x top_k undoes the uniform 1/top_k routing weight
+        downs = [down[:, shared_ids].contiguous()] + [(top_k * down[:, g]).contiguous() for g in groups]
+        rebuilt = always + _moe_output(outputs, logits * best[1] * unit, top_k) * top_k
     error = float((rebuilt - dense).pow(2).sum() / dense.pow(2).sum())
     router = (solution * best[1] * unit).T.contiguous()
     return shared_ids, groups, router, downs[0], downs[1:], error
@@ -241,6 +252,7 @@ def build_smollm_moe(
     top_k: int = 2,
     shared_fraction: float = 0.5,
     tiers: int = 1,
+    experts: ExpertFit = "refit",
     calibration: Mix | None = None,
     data_dir: Path | str | None = None,
     fit_tokens: int = 8192,
@@ -266,6 +278,13 @@ def build_smollm_moe(
             criterion reliably right on held-out text: with 4, REAP beat frequency at 25% on three
             builds of four, and removing a band did not cost more the stronger the band (see the
             engine tests' docstring).
+        experts: how the expert down projections are made. ``"refit"``: least squares over the
+            calibration tokens, so the routed MLP rebuilds the dense one as closely as it can and a
+            chosen expert also stands in for the neurons routing left out; then an expert's output
+            size says little about its use on unseen text. ``"exact"``: each expert is its dense
+            neurons as they are, behind a router so cold that the chosen experts weigh the same, so
+            an expert's output is exactly what its neurons add to the dense MLP. Further from the
+            dense model, but what a saliency criterion measures is real (see the engine tests).
         calibration: text the neuron groups and routers are fitted on; the shipped
             ``smollm-moe-fit`` mix (needs ``data_dir`` or BENCH_DATA_DIR) by default.
         fit_tokens: at most this many calibration tokens are used.
@@ -294,6 +313,8 @@ def build_smollm_moe(
         raise UserError(f"{dense_dir}: head_dim {config.head_dim} is not hidden_size / heads, which Qwen2-MoE requires")
     if tiers < 1 or n_experts % tiers:
         raise UserError(f"tiers must divide n_experts {n_experts}, got {tiers}")
+    if experts not in ("refit", "exact"):
+        raise UserError(f"experts must be 'refit' or 'exact', got {experts!r}")
     if not 0 < shared_fraction < 1:
         raise UserError(f"shared_fraction must be in (0, 1), got {shared_fraction}")
     n_shared = round(shared_fraction * config.intermediate_size)
@@ -322,7 +343,7 @@ def build_smollm_moe(
         hook.remove()
         shared_ids, groups, router, shared_down, downs, error = _layer_experts(
             torch.cat(captured), mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, n_experts, top_k,
-            n_shared, seed + index, tiers,
+            n_shared, seed + index, tiers, experts,
         )
         errors.append(error)
         layer.mlp = _routed_mlp(mlp.gate_proj.weight, mlp.up_proj.weight, shared_ids, shared_down, groups, downs,
@@ -453,6 +474,17 @@ class LossMeter:
                 logits = self.model(batch).logits[0, :-1]
                 losses.append(torch.nn.functional.cross_entropy(logits.float(), batch[0, 1:], reduction="none"))
         return torch.cat(losses)
+
+    def selection_losses(self, token_ids: list[list[int]], scoring: ScoringResult, criterion: str, keep: int, *,
+                         seed: int = 0, invert: bool = False) -> torch.Tensor:
+        """``token_losses`` with every layer keeping the ``keep`` experts ``criterion`` rates highest in
+        ``scoring`` (lowest with ``invert``: the mirror image that a saliency criterion must beat)."""
+        from harness.engine.prune import select_experts
+
+        scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}
+        if invert:
+            scores = {layer: [-value for value in values] for layer, values in scores.items()}
+        return self.token_losses(token_ids, select_experts(scores, keep))
 
     def loss(self, token_ids: list[list[int]], kept: dict[int, list[int]] | None = None) -> float:
         """Mean next-token cross-entropy (nats) over ``token_ids`` with only ``kept`` experts routable."""
