@@ -17,8 +17,9 @@ neurons as they are, so its output is exactly what those neurons add) and ``tier
 builds, at 50% REAP beat keeping the least salient experts (inverse REAP) by 0.14 to 0.37 nats
 (9 to 14 s.e.), which is asserted; it also beat the mean of three or four random selections by 0.10
 to 0.19 and frequency by +0.14, +0.06, +0.016 ± 0.016, +0.07, +0.05, +0.09 and +0.20. At 25% it did not
-hold: frequency beat REAP by 0.13 ± 0.02 on one build and tied it on two, the random mean beat it
-once (-0.031 ± 0.007) and tied it once, and inverse REAP came within 1.2 s.e. once. These builds
+hold: frequency beat REAP by 0.13 ± 0.02 on one build and trailed it by only 0.006 ± 0.012 and
+0.021 ± 0.010 on two others, the random mean beat it once (-0.031 ± 0.007) and tied it once
+(+0.002 ± 0.008), and inverse REAP came within 1.2 s.e. once. These builds
 are chaotic too (a script's build of seed 0 and this test's differ from layer 0's router on), so frequency, random
 selections and the 25% ratio are printed or benchmarked, not asserted. With the router fitted
 without load balancing, frequency beat REAP on three builds of four: when loads are unequal, how
