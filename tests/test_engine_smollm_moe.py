@@ -6,23 +6,23 @@ and 0.72 measured on two builds); a checkpoint written by ``bench prune`` has th
 mask predicts (2e-3); FP8 within 0.05 nats of bf16 (0.004 and 0.021 measured). The build is not
 bit-reproducible (float rounding in the fits differs from run to run), so the thresholds leave room.
 How REAP compares with other criteria depends on how the experts are made (figures: 64 calibration
-and 48 held-out questions, ``benchmarks/pruning_quality.py``; s.e. over questions ~0.005-0.02).
-On the default build, whose expert down projections are refitted by least squares, the ordering
-changes from build to build: over 23 builds (8 or 16 experts, 1 to 8 importance tiers, several
-refit strengths) REAP beat frequency and random pruning on some and lost on others, and on one
-16-expert build removing the most salient half lowered the loss and beat REAP by 0.097 ± 0.008:
-a refitted expert's output size does not track its use on unseen text. So the ordering test runs
-on a second build of the same dense model with ``experts="exact"`` (each expert is its dense
-neurons as they are, so its output is exactly what those neurons add) and ``tiers=4``. On seven such
-builds, at 50% REAP beat keeping the least salient experts (inverse REAP) by 0.14 to 0.37 nats
-(9 to 14 s.e.), which is asserted; it also beat the mean of three or four random selections by 0.10
-to 0.19 and frequency by +0.14, +0.06, +0.016 ± 0.016, +0.07, +0.05, +0.09 and +0.20. At 25% it did not
-hold: frequency beat REAP by 0.13 ± 0.02 on one build and trailed it by only 0.006 ± 0.012 and
-0.021 ± 0.010 on two others, the random mean beat it once (-0.031 ± 0.007) and tied it once
-(+0.002 ± 0.008), and inverse REAP came within 1.2 s.e. once. These builds
-are chaotic too (a script's build of seed 0 and this test's differ from layer 0's router on), so frequency, random
-selections and the 25% ratio are printed or benchmarked, not asserted. With the router fitted
-without load balancing, frequency beat REAP at 50% on all four builds tried (by 0.03 to 0.12): when loads are unequal, how
+and 48 held-out questions, ``benchmarks/pruning_quality.py``; s.e. over questions ~0.005-0.02). On
+the default build, whose expert down projections are refitted by least squares, the ordering changes
+from build to build: over 23 builds (8 or 16 experts, 1 to 8 importance tiers, several refit
+strengths) REAP beat frequency and random pruning on some and lost on others, and on one 16-expert
+build removing the most salient half lowered the loss and beat REAP by 0.097 ± 0.008: a refitted
+expert's output size does not track its use on unseen text. So the ordering test runs on a second
+build of the same dense model with ``experts="exact"`` (each expert is its dense neurons as they
+are, so its output is exactly what those neurons add) and ``tiers=4``. On seven such builds, at 50%
+REAP beat keeping the least salient experts (inverse REAP) by 0.14 to 0.37 nats (9 to 14 s.e.),
+which is asserted; it also beat the mean of three or four random selections by 0.10 to 0.19 and
+frequency by +0.14, +0.06, +0.016 ± 0.016, +0.07, +0.05, +0.09 and +0.20. At 25% it did not hold:
+frequency beat REAP by 0.13 ± 0.02 on one build and trailed it by only 0.006 ± 0.012 and 0.021 ±
+0.010 on two others, the random mean beat it once (-0.031 ± 0.007) and tied it once (+0.002 ±
+0.008), and inverse REAP came within 1.2 s.e. once. These builds are chaotic too (a script's build
+of seed 0 and this test's differ from layer 0's router on), so frequency, random selections and the
+25% ratio are printed or benchmarked, not asserted. With the router fitted without load balancing,
+frequency beat REAP at 50% on all four builds tried (by 0.03 to 0.12): when loads are unequal, how
 often an expert is chosen already says much of how it matters.
 """
 
