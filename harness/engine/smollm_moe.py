@@ -133,7 +133,7 @@ def _layer_experts(
         downs, rebuilt = _refit_downs(act, [shared_ids, *groups], weights, dense, down)
     else:  # the dense neurons as they are; x top_k undoes the uniform 1/top_k routing weight
         downs = [down[:, shared_ids].contiguous()] + [(top_k * down[:, g]).contiguous() for g in groups]
-        rebuilt = always + _moe_output(outputs, logits * best[1] * unit, top_k) * top_k
+        rebuilt = always + top_k * torch.einsum("te,eth->th", weights, outputs)
     error = float((rebuilt - dense).pow(2).sum() / dense.pow(2).sum())
     router = (solution * best[1] * unit).T.contiguous()
     return shared_ids, groups, router, downs[0], downs[1:], error
