@@ -13,8 +13,11 @@ mean. A yardstick comes first: how far the unpruned model's loss moves when ever
 output is scaled by 0.9 or 1.1: a gap between criteria no larger than the loss's response to so
 small a uniform change says little about the criteria.
 
-    python benchmarks/pruning_quality.py [--model DIR] [--data-dir ../shared/data] [--seeds 5]
-        [--samples 128] [--held-out 285] [--calibration-seed 1]
+``--experts exact`` builds the MoE the engine tests rank criteria on instead (exact experts from
+four importance bands, a quarter of each MLP always on; ``--build-seed`` seeds its clustering).
+
+    python benchmarks/pruning_quality.py [--model DIR | --experts refit|exact --build-seed 0]
+        [--data-dir ../shared/data] [--seeds 5] [--samples 128] [--held-out 285] [--calibration-seed 1]
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ def mix_file(path: Path, data_dir: Path, split: str, seed: int, samples: int) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a MoE checkpoint (default: build the SmolLM2 MoE)")
+    parser.add_argument("--experts", choices=("refit", "exact"), default="refit",
+                        help="which SmolLM2 MoE to build without --model: the default, or the engine tests' exact one")
+    parser.add_argument("--build-seed", type=int, default=0, help="seed of that build's clustering")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("BENCH_DATA_DIR", "../shared/data")))
     parser.add_argument("--seeds", type=int, default=5, help="random selections per ratio")
     parser.add_argument("--samples", type=int, default=128, help="calibration questions (MMLU test)")
@@ -61,12 +67,15 @@ def main() -> int:
     from harness.engine.moe import resolve
     from harness.engine.prune import PruneOptions
     from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import LossMeter, loss_gap
-    from harness.engine.toy import build_smollm_moe
+    from harness.engine.smollm_moe import LossMeter, build_smollm_moe, loss_gap
+    from harness.engine.toy import build_smollm
 
     work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
     started = time.perf_counter()
-    model = args.model or build_smollm_moe(work / "smollm-moe", data_dir=args.data_dir, progress=None)
+    # The exact build's settings are the engine tests' (tests/test_engine_smollm_moe.py).
+    shape = {"experts": "exact", "tiers": 4, "shared_fraction": 0.25} if args.experts == "exact" else {}
+    model = args.model or build_smollm_moe(build_smollm(work / "dense"), work / "smollm-moe", data_dir=args.data_dir,
+                                           seed=args.build_seed, progress=None, **shape)
     built = time.perf_counter() - started
     held_out = build_samples(load_mix(mix_file(work / "held.yaml", args.data_dir, "dev", 1, args.held_out)),
                              model).token_ids
