@@ -272,7 +272,7 @@ def build_smollm_moe(
             Dense SwiGLU activations are not sparse, so some always-on neurons keep the MoE close
             to the dense model at the cost of larger experts. With ``experts="exact"`` and
             ``tiers=4`` a smaller share leaves the routed experts more unequal in strength: at
-            0.25, REAP beat frequency and the mean of random selections at 25% and 50% on all ten
+            0.25, REAP beat frequency and the mean of random selections at 25% and 50% on all twelve
             builds measured; at 0.5 it did not at 25% (see the engine tests).
         tiers: importance bands the routed neurons are cut into before clustering (must divide
             ``n_experts``): with one band every expert holds a similar mix of strong and weak
