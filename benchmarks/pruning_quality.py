@@ -67,13 +67,12 @@ def main() -> int:
     from harness.engine.moe import resolve
     from harness.engine.prune import PruneOptions
     from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import LossMeter, build_smollm_moe, loss_gap
+    from harness.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe, loss_gap
     from harness.engine.toy import build_smollm
 
     work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
     started = time.perf_counter()
-    # The exact build's settings are the engine tests' (tests/test_engine_smollm_moe.py).
-    shape = {"experts": "exact", "tiers": 4, "shared_fraction": 0.25} if args.experts == "exact" else {}
+    shape = RANKING_BUILD if args.experts == "exact" else {}
     model = args.model or build_smollm_moe(build_smollm(work / "dense"), work / "smollm-moe", data_dir=args.data_dir,
                                            seed=args.build_seed, progress=None, **shape)
     built = time.perf_counter() - started

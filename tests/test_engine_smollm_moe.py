@@ -192,15 +192,15 @@ def exact_scored(built: dict[str, Path]) -> dict[str, Any]:
     from harness.engine.moe import resolve
     from harness.engine.prune import PruneOptions
     from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import LossMeter, build_smollm_moe
+    from harness.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe
 
     # Calibration questions drawn with seed 1 are none of those the MoE was fitted on (seed 0 draws 24 of them).
     calibration = build_samples(load_mix(mix_file(built["root"] / "cal64.yaml", "test", 1, 64)), built["dense"])
     held_out = build_samples(load_mix(mix_file(built["root"] / "held48.yaml", "dev", 1, 48)), built["dense"])
     builds = []
     for seed in EXACT_SEEDS:
-        moe = build_smollm_moe(built["dense"], built["root"] / f"moe-exact-{seed}", tiers=4, shared_fraction=0.25,
-                               experts="exact", seed=seed, data_dir=DATA)
+        moe = build_smollm_moe(built["dense"], built["root"] / f"moe-exact-{seed}", seed=seed, data_dir=DATA,
+                               **RANKING_BUILD)
         checkpoint = Checkpoint.open(moe)
         # One scoring pass serves every criterion: each sees the unpruned model, so none is favoured.
         scoring = score_experts(checkpoint, resolve(checkpoint), calibration.token_ids,

@@ -49,6 +49,9 @@ REFIT_RIDGE = 0.1
 # weights are uniform to about 0.1%, while the logits still rank the experts for each token.
 EXACT_ALPHA = 1e-3
 ExpertFit = Literal["refit", "exact"]
+# The exact build the engine tests rank pruning criteria on, and benchmarks/pruning_quality.py
+# --experts exact rebuilds: exact experts from four importance bands, a quarter of each MLP always on.
+RANKING_BUILD: dict[str, Any] = {"experts": "exact", "tiers": 4, "shared_fraction": 0.25}
 
 
 def balanced_kmeans(points: torch.Tensor, k: int, *, iterations: int = 20, seed: int = 0) -> torch.Tensor:
