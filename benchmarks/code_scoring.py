@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.transcript import Exchange, Request, Response, Transcript
-from packs.code import CodePack
-from packs.code import _data
-from packs.code._crosscheck import evalplus_own_statuses, mixed_kinds, reply_for
+from bench.transcript import Exchange, Request, Response, Transcript
+from bench.packs.code import CodePack
+from bench.packs.code import data as code_data
+from bench.packs.code.crosscheck import evalplus_own_statuses, mixed_kinds, reply_for
 
 
 def _reply(content: str) -> Transcript:
@@ -44,13 +44,13 @@ def main() -> int:
 
     pack = CodePack(workers=args.workers)
     items = pack.items("full")
-    problems = _data.problems()
+    problems = code_data.problems()
     kinds = mixed_kinds([item.id for item in items], args.seed)
     pairs = []
     for item in items:
         assert item.reference is not None
         pairs.append((item, _reply(reply_for(kinds[item.id], problems[item.id], item.reference["content"], item.wrong[0]["content"]))))
-    _data.payload_path(items[0].id)  # the one-time expected-output split is not scoring time
+    code_data.payload_path(items[0].id)  # the one-time expected-output split is not scoring time
 
     started = time.perf_counter()
     scores = pack.score_many(pairs)

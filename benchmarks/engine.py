@@ -71,7 +71,7 @@ def build_synthetic(out: Path, layers: int, experts: int, hidden: int, expert_si
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from harness.engine.checkpoint import PlannedTensor, write_streamed
+    from bench.engine.checkpoint import PlannedTensor, write_streamed
 
     heads, head_dim = max(hidden // 64, 1), 64
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
@@ -166,7 +166,7 @@ def one_time_costs() -> dict[str, Any]:
 
 def quantize_vs_copy(model: Path, work: Path, repeats: int) -> dict[str, Any]:
     """Interleaved copy and quantize runs, so drift in the machine's load hits both alike."""
-    from harness.engine.fp8 import quantize_checkpoint
+    from bench.engine.fp8 import quantize_checkpoint
 
     figures: dict[str, Any] = {"copy": [], "quantize": [], "load": []}
     copy_seconds(model, work / "copy")  # warms the page cache for both
@@ -190,8 +190,8 @@ def first_kernel_call() -> tuple[float, str]:
     import torch
 
     started = time.perf_counter()
-    from harness.engine.fp8 import ChannelQuantizer
-    from harness.engine.fp8_kernel import quantize_channels
+    from bench.engine.fp8 import ChannelQuantizer
+    from bench.engine.fp8_kernel import quantize_channels
 
     ChannelQuantizer().quantize(torch.ones(64, dtype=torch.bfloat16), [(4, 16)])
     seconds = time.perf_counter() - started
@@ -201,7 +201,7 @@ def first_kernel_call() -> tuple[float, str]:
 
 def attention_flops(config: dict[str, Any], lengths: list[int]) -> float:
     """Multiply-adds x2 of causal attention scores and weighted values, per layer pass."""
-    from harness.engine.moe import text_config
+    from bench.engine.moe import text_config
 
     text = text_config(config)
     heads = text["num_attention_heads"]
@@ -211,7 +211,7 @@ def attention_flops(config: dict[str, Any], lengths: list[int]) -> float:
 
 def scoring_flops(config: dict[str, Any], lengths: list[int], passes: int) -> float:
     """Multiply-adds x2 of the layer work REAP scoring performs (projections, attention, experts, router)."""
-    from harness.engine.moe import text_config
+    from bench.engine.moe import text_config
 
     text = text_config(config)
     hidden = text["hidden_size"]
@@ -234,11 +234,11 @@ import torch
 model, out, mix_path, device, threads = sys.argv[1:6]
 if int(threads):
     torch.set_num_threads(int(threads))
-from harness.engine.calibration import build_samples, load_mix
-from harness.engine.checkpoint import Checkpoint
-from harness.engine.moe import resolve
-from harness.engine.prune import PruneOptions, prune_checkpoint
-from harness.engine.reap import LayerRunner, peak_rss_bytes
+from bench.engine.calibration import build_samples, load_mix
+from bench.engine.checkpoint import Checkpoint
+from bench.engine.moe import resolve
+from bench.engine.prune import PruneOptions, prune_checkpoint
+from bench.engine.reap import LayerRunner, peak_rss_bytes
 mix = load_mix(mix_path)
 lengths = [len(ids) for ids in build_samples(mix, model).token_ids]
 checkpoint = Checkpoint.open(model)
@@ -312,7 +312,7 @@ def main() -> int:
 def run(args: argparse.Namespace, work: Path) -> int:
     import torch
 
-    from harness.engine.checkpoint import Checkpoint, gib
+    from bench.engine.checkpoint import Checkpoint, gib
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"device {args.device}, {load()}")
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
 def quantize_figures(model: Path, work: Path, repeats: int, label: str) -> list[tuple[str, str, str, str, str]]:
     """Time quantize against copy on ``model``, print the runs, and return the table's two rows."""
-    from harness.engine.checkpoint import Checkpoint, gib
+    from bench.engine.checkpoint import Checkpoint, gib
 
     size = Checkpoint.open(model).file_bytes()
     q = quantize_vs_copy(model, work, repeats)

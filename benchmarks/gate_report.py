@@ -25,9 +25,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from rundirs import write_run  # noqa: E402
 
-from harness import gate, report  # noqa: E402
-from harness.gatespec import load_spec  # noqa: E402
-from harness.rundata import load_run  # noqa: E402
+from bench.compare import gate  # noqa: E402
+from bench.report import gate_files  # noqa: E402
+from bench.report import html as report  # noqa: E402
+from bench.compare.spec import load_spec  # noqa: E402
+from bench.compare.rundata import load_run  # noqa: E402
 
 PACKS = ("toolcall", "bugfind", "dataextract", "instructfollow", "code", "mmlu")
 SPEC = REPO / "baselines" / "default.yaml"
@@ -35,7 +37,7 @@ SPEC = REPO / "baselines" / "default.yaml"
 
 def _cli(*args: str | Path) -> tuple[float, int]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True)
     return time.perf_counter() - start, proc.returncode
 
 
@@ -60,7 +62,7 @@ def main() -> None:
 
         start, cpu = time.perf_counter(), time.process_time()
         result = gate.evaluate(load_run(cand), load_run(base), load_spec(SPEC), str(SPEC))
-        gate.write_outputs(result, markdown=root / "gate.md", junit=root / "gate.xml", json_path=root / "gate.json")
+        gate_files.write_outputs(result, markdown=root / "gate.md", junit=root / "gate.xml", json_path=root / "gate.json")
         gate_s, gate_cpu = time.perf_counter() - start, time.process_time() - cpu
         print(f"gate (in-process): {gate_s:.2f} s wall, {gate_cpu:.2f} s cpu -> {result.verdict}, {len(result.rules)} rules   [target < 2 s]")
 

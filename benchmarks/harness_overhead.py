@@ -25,14 +25,14 @@ from openai import AsyncOpenAI
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.checkpoint import choose_parsers, read_checkpoint  # noqa: E402
-from harness.client import ChatClient, ClientConfig  # noqa: E402
-from harness.engine.toy import build_scripted  # noqa: E402
-from harness.pack import Item  # noqa: E402
-from harness.runner import PackPlan, RunPlan, run_plan  # noqa: E402
-from harness.server import LaunchConfig, serving  # noqa: E402
-from harness.smoke_pack import SmokePack  # noqa: E402
-from harness.store import RunStore  # noqa: E402
+from bench.serve.model_info import choose_parsers, read_checkpoint  # noqa: E402
+from bench.run.client import ChatClient, ClientConfig  # noqa: E402
+from bench.engine.toy import build_scripted  # noqa: E402
+from bench.pack import Item  # noqa: E402
+from bench.run.runner import PackPlan, RunPlan, run_plan  # noqa: E402
+from bench.serve.launch import LaunchConfig, serving  # noqa: E402
+from bench.packs.smoke.pack import SmokePack  # noqa: E402
+from bench.run.store import RunStore  # noqa: E402
 
 SAMPLING = {"temperature": 0.0, "max_tokens": 64}
 

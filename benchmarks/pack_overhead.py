@@ -20,12 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import registry  # noqa: E402
-from harness.health import scan_transcript  # noqa: E402
-from harness.records import ItemRecord  # noqa: E402
-from harness.runner import score_safely  # noqa: E402
-from harness.store import RunStore  # noqa: E402
-from harness.testing import transcript_for_answer  # noqa: E402
+from bench import registry  # noqa: E402
+from bench.serve.health import scan_transcript  # noqa: E402
+from bench.run.records import ItemRecord  # noqa: E402
+from bench.run.runner import score_safely  # noqa: E402
+from bench.run.store import RunStore  # noqa: E402
+from bench.testing import transcript_for_answer  # noqa: E402
 
 PACKS = ("toolcall", "bugfind", "dataextract", "instructfollow", "code", "mmlu")
 

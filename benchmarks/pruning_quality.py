@@ -62,13 +62,13 @@ def main() -> int:
 
     import torch
 
-    from harness.engine.calibration import build_samples, load_mix
-    from harness.engine.checkpoint import Checkpoint
-    from harness.engine.moe import resolve
-    from harness.engine.prune import PruneOptions
-    from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe, loss_gap
-    from harness.engine.toy import build_smollm
+    from bench.engine.calibration import build_samples, load_mix
+    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.moe import resolve
+    from bench.engine.prune import PruneOptions
+    from bench.engine.reap import score_experts
+    from bench.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe, loss_gap
+    from bench.engine.toy import build_smollm
 
     work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
     started = time.perf_counter()

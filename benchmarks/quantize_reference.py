@@ -63,7 +63,7 @@ def compare(model: Path, ours: Path, theirs: Path) -> dict[str, object]:
     import torch
     from safetensors import safe_open
 
-    from harness.engine.fp8 import fp8_to_float32
+    from bench.engine.fp8 import fp8_to_float32
 
     def opened(directory: Path) -> dict[str, object]:
         handles = {}
@@ -112,8 +112,8 @@ def main() -> int:
         print(f"no interpreter at {args.reference_python}")
         return 2
 
-    from harness.engine.checkpoint import Checkpoint
-    from harness.engine.fp8 import plan_quantization, quantize_checkpoint
+    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.fp8 import plan_quantization, quantize_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="quantize-reference-"))
     try:

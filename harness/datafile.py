@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 
 def load_data_file(path: Path, what: str, hint: str = "") -> Any:

@@ -7,8 +7,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from harness.datafile import load_data_file
-from harness.errors import UserError
+from bench.datafile import load_data_file
+from bench.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 

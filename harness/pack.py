@@ -1,7 +1,7 @@
 """The pack contract: what a pack declares, what it asks, and how it scores.
 
 A pack is data plus one scorer. The core never names a pack: packs are found through the
-``bench.packs`` entry point group (see ``harness.registry``) and only ever touched through
+``bench.packs`` entry point group (see ``bench.registry``) and only ever touched through
 this interface. ``score`` is pure: it sees the item and the stored transcript, never the
 server, so ``bench rescore`` can re-score a finished run offline.
 """
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import UserError
-from harness.transcript import Transcript
+from bench.errors import UserError
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from harness.session import Session
+    from bench.run.session import Session
 
 Tier = Literal["quick", "full"]
 ScoreStatus = Literal["scored", "truncated", "empty", "error"]
@@ -75,7 +75,7 @@ class Pack(ABC):
 
     The simplest pack implements ``items``, ``messages`` and ``score``: the default ``run_item``
     sends ``messages(item)`` (with ``tools(item)`` when given) once. Multi-turn packs override
-    ``run_item`` and drive the :class:`~harness.session.Session` themselves, answering tool calls
+    ``run_item`` and drive the :class:`~bench.run.session.Session` themselves, answering tool calls
     with their own mock tools.
     """
 

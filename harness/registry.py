@@ -12,8 +12,8 @@ from functools import cache
 from typing import Any
 from importlib.metadata import EntryPoint, entry_points
 
-from harness.errors import UserError
-from harness.pack import Pack
+from bench.errors import UserError
+from bench.pack import Pack
 
 GROUP = "bench.packs"
 HIDDEN = frozenset({"smoke"})  # the core's own test pack: runnable by name, not part of "all"
@@ -47,7 +47,7 @@ def load(name: str, options: Mapping[str, Any] | None = None) -> Pack:
         raise UserError(f"pack {name!r} failed to import from {eps[name].value}: {exc}") from exc
     pack = cls.from_options(options) if options else cls()
     if not isinstance(pack, Pack):
-        raise UserError(f"pack {name!r} ({eps[name].value}) does not implement harness.pack.Pack")
+        raise UserError(f"pack {name!r} ({eps[name].value}) does not implement bench.pack.Pack")
     return pack
 
 

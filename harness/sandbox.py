@@ -43,7 +43,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 BackendChoice = Literal["auto", "bwrap", "rlimits"]
 _log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from harness.transcript import Exchange, Request, Response, ToolCall, Transcript
+from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 
 
 def transcript_for_text(

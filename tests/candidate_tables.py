@@ -1,8 +1,8 @@
 """Candidate summaries and pruning records for report tests, built without the engine.
 
-The summary goes through the loop's own model (``harness.candidate.summary.Summary``) and its own
+The summary goes through the loop's own model (``bench.candidate.summary.Summary``) and its own
 Pareto front, so a test compares the page against what ``bench candidate`` would have written.
-``write_pruning`` writes a record shaped like ``harness.engine.prune``'s, for tests that must not
+``write_pruning`` writes a record shaped like ``bench.engine.prune``'s, for tests that must not
 need torch; the engine-marked tests use a real one.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.candidate import Summary, pareto_front
-from harness.candidate.summary import Row, Steps, report_table
-from harness.report_candidates import CandidateTable
+from bench.candidate import Summary, pareto_front
+from bench.candidate.summary import Row, Steps, report_table
+from bench.report.candidates import CandidateTable
 
 HOSTILE_LABEL = "<b>k2</b><script>alert(1)</script> $\\frac{$"  # markup, and TeX that matplotlib cannot parse
 

@@ -26,12 +26,12 @@ def vllm_python() -> str:
 
 
 def bench_cmd() -> list[str]:
-    return [sys.executable, "-m", "harness.cli"]
+    return [sys.executable, "-m", "bench.cli"]
 
 
 @pytest.fixture(scope="session")
 def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.engine.toy import build_scripted
+    from bench.engine.toy import build_scripted
 
     return build_scripted(tmp_path_factory.mktemp("models") / "scripted")
 
@@ -39,8 +39,8 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real vLLM server on the scripted model, launched the way `bench run` launches it."""
-    from harness.checkpoint import choose_parsers, read_checkpoint
-    from harness.server import LaunchConfig, serving
+    from bench.serve.model_info import choose_parsers, read_checkpoint
+    from bench.serve.launch import LaunchConfig, serving
 
     info = read_checkpoint(scripted_model)
     logs = tmp_path_factory.mktemp("server")
@@ -53,7 +53,7 @@ def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 EXTERNAL_PACK = """
-from harness.pack import Item, Pack, Score
+from bench.pack import Item, Pack, Score
 
 class EchoPack(Pack):
     name = "echo"

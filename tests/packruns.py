@@ -1,11 +1,11 @@
 """Run directories made by the real packs: their items, their ``run_item``, their scorers.
 
-Each item is asked through the runner's own :func:`harness.runner.ask_item`, against a stand-in
+Each item is asked through the runner's own :func:`bench.run.runner.ask_item`, against a stand-in
 for the server that replays one of the item's stored replies: its ``reference`` answer, or, where
 a regression is planted, the ``wrong`` answer that attacks a chosen subdimension. So the requests
 are the packs' real requests (multi-turn tool-call items included), the scores come from the
 packs' real ``score()``, the health flags from the real scan, every record goes through the
-store's schema check and ``results.json`` comes from ``harness.aggregate`` exactly as
+store's schema check and ``results.json`` comes from ``bench.run.aggregate`` exactly as
 ``bench run`` writes it. Only the model is stood in for; the gate and the report then read
 what a run of a model giving those answers would have left on disk.
 """
@@ -23,16 +23,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
-from harness import __version__, registry
-from harness.aggregate import build_results
-from harness.client import ChatClient
-from harness.evaluate import RunOptions, pack_sampling
-from harness.pack import Item, Pack, Tier
-from harness.records import ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
-from harness.runner import PackPlan, RunPlan, ask_item
-from harness.store import RunStore
-from harness.testing import transcript_for_answer
-from harness.transcript import Request, Response, Usage
+from bench import __version__, registry
+from bench.run.aggregate import build_results
+from bench.run.client import ChatClient
+from bench.run.evaluation import RunOptions, pack_sampling
+from bench.pack import Item, Pack, Tier
+from bench.run.records import ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
+from bench.run.runner import PackPlan, RunPlan, ask_item
+from bench.run.store import RunStore
+from bench.testing import transcript_for_answer
+from bench.transcript import Request, Response, Usage
 
 # Which items of each pack a run asks: a tier, or a seeded ``--limit`` of the full tier.
 # toolcall runs in full so that its gate rules have the power to see a planted regression; the

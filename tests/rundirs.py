@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.aggregate import build_results
-from harness.pack import Item, Pack, Score, Tier
-from harness.records import Flags, ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
-from harness.store import RunStore
-from harness.transcript import Exchange, Request, Response, ToolCall, Transcript, Usage
+from bench.run.aggregate import build_results
+from bench.pack import Item, Pack, Score, Tier
+from bench.run.records import Flags, ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
+from bench.run.store import RunStore
+from bench.transcript import Exchange, Request, Response, ToolCall, Transcript, Usage
 
 SUBDIMENSIONS: dict[str, tuple[str, ...]] = {
     "toolcall": ("tool_selection", "parameter_precision", "call_structure", "restraint", "multi_step"),

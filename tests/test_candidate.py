@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import DATA_DIR, REPO, bench_cmd, vllm_python
-from harness.candidate import Step, StepStore, load_plan, parse_plan, pareto_front
-from harness.errors import UserError
+from bench.candidate import Step, StepStore, load_plan, parse_plan, pareto_front
+from bench.errors import UserError
 
 PLANS = REPO / "baselines" / "plans"
 needs_data = pytest.mark.skipif(not (DATA_DIR / "calibration").is_dir(), reason="no shared calibration samples")
@@ -106,8 +106,8 @@ def test_pareto_front_keeps_what_nothing_beats() -> None:
 
 
 def test_summary_markdown_and_exit_codes() -> None:
-    from harness.candidate import Summary, exit_code
-    from harness.candidate.summary import Row, Steps, render_markdown
+    from bench.candidate import Summary, exit_code
+    from bench.candidate.summary import Row, Steps, render_markdown
 
     def summary(*rows: Row, failed: tuple[str, ...] = ()) -> Summary:
         base = Row(label="base", role="base", experts_total=8, experts_kept=8, precision="bf16", size_bytes=100,
@@ -158,7 +158,7 @@ def test_a_rerun_upstream_step_makes_downstream_stale(tmp_path: Path) -> None:
 
 
 def test_file_digests_are_remembered_by_stat(tmp_path: Path) -> None:
-    from harness.candidate import FileDigests
+    from bench.candidate import FileDigests
 
     weights = tmp_path / "model" / "model.safetensors"
     weights.parent.mkdir()
@@ -178,7 +178,7 @@ def test_file_digests_are_remembered_by_stat(tmp_path: Path) -> None:
 
 
 def _keys(plan: dict[str, Any], folder: Path, base: Path, data_dir: Path = DATA_DIR) -> dict[str, str]:
-    from harness.candidate import prepare
+    from bench.candidate import prepare
 
     path = write_plan(folder, plan, f"plan-{time.monotonic_ns()}.yaml")
     prepared = prepare(load_plan(path), path, base, data_dir=data_dir, vllm_python=sys.executable)
@@ -238,7 +238,7 @@ def test_cache_keys_change_with_inputs_and_only_then(tmp_path: Path, scripted_mo
 @needs_data
 @pytest.mark.engine
 def test_plan_errors_found_before_anything_runs(tmp_path: Path, scripted_model: Path) -> None:
-    from harness.candidate import prepare
+    from bench.candidate import prepare
 
     def attempt(plan: dict[str, Any]) -> str:
         path = write_plan(tmp_path, plan)
@@ -267,7 +267,7 @@ def _server_logs(out: Path) -> dict[str, int]:
 @pytest.mark.vllm
 @pytest.mark.engine
 def test_loop_runs_once_then_reuses_and_resumes(tmp_path: Path, scripted_model: Path) -> None:
-    from harness.candidate import candidate_loop, load_summary
+    from bench.candidate import candidate_loop, load_summary
 
     plan = write_plan(tmp_path, tiny_plan())
     out = tmp_path / "out"

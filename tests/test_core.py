@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from conftest import install_echo_pack
-from harness import schemas
-from harness.checkpoint import choose_parsers, read_checkpoint
-from harness.client import ChatClient, ClientConfig, RequestFailed
-from harness.errors import UserError
-from harness.health import scan_response
-from harness.records import ItemRecord
-from harness.store import RunStore
-from harness.transcript import Request, Response, ToolCall, Transcript
+from bench import schemas
+from bench.serve.model_info import choose_parsers, read_checkpoint
+from bench.run.client import ChatClient, ClientConfig, RequestFailed
+from bench.errors import UserError
+from bench.serve.health import scan_response
+from bench.run.records import ItemRecord
+from bench.run.store import RunStore
+from bench.transcript import Request, Response, ToolCall, Transcript
 
 QWEN3_TEMPLATE = "{% if tools %}<tools>{% endif %}<tool_call>{% if enable_thinking %}<think>{% endif %}"
 QWEN35_TEMPLATE = "<tools>{{ tools }}</tools><tool_call>\n<function=name>\n<think>"
@@ -64,7 +64,7 @@ def test_checkpoint_errors_are_user_errors(tmp_path: Path) -> None:
 def test_schemas_are_generated_from_the_models() -> None:
     for name in schemas.MODELS:
         on_disk = json.loads(schemas.path_of(name).read_text())
-        assert on_disk == json.loads(json.dumps(schemas.generate(name))), f"run python -m harness.schemas ({name})"
+        assert on_disk == json.loads(json.dumps(schemas.generate(name))), f"run python -m bench.schemas ({name})"
 
 
 def _record(item_id: str) -> ItemRecord:
@@ -217,7 +217,7 @@ def test_client_times_out_on_a_hung_server_without_retrying() -> None:
 
 def test_third_party_pack_is_discovered_without_touching_core(tmp_path: Path) -> None:
     site = install_echo_pack(tmp_path)
-    code = "from harness import registry; p = registry.load('echo'); print(p.name, p.version, registry.resolve('all'))"
+    code = "from bench import registry; p = registry.load('echo'); print(p.name, p.version, registry.resolve('all'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout
     assert out.startswith("echo 7") and "'echo'" in out

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.engine import append_writer
-from harness.engine.append_writer import AppendWriter, write_all
+from bench.engine import append_writer
+from bench.engine.append_writer import AppendWriter, write_all
 
 
 def _open(path: Path) -> int:

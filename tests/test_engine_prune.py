@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import vllm_python
 
-from harness.engine.checkpoint import Checkpoint
-from harness.engine.moe import resolve
-from harness.engine.prune import PruneOptions, keep_count, prune_checkpoint, select_experts
-from harness.errors import UserError
+from bench.engine.checkpoint import Checkpoint
+from bench.engine.moe import resolve
+from bench.engine.prune import PruneOptions, keep_count, prune_checkpoint, select_experts
+from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
 torch = pytest.importorskip("torch")
@@ -26,7 +26,7 @@ needs_data = pytest.mark.skipif(not (DATA / "calibration").is_dir(), reason="sha
 
 @pytest.fixture(scope="module")
 def mix():  # type: ignore[no-untyped-def]
-    from harness.engine.calibration import load_mix
+    from bench.engine.calibration import load_mix
 
     return load_mix("local-sample", data_dir=DATA, seq_len=64, samples=6).model_copy(
         update={"datasets": [d.model_copy(update={"count": 2}) for d in load_mix("local-sample").datasets]}
@@ -41,7 +41,7 @@ def load(path: Path):  # type: ignore[no-untyped-def]
 
 def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
     """Layers rebuilt from safetensors one at a time reproduce transformers' own hidden states."""
-    from harness.engine.reap import LayerRunner
+    from bench.engine.reap import LayerRunner
 
     for family, layout in [("qwen3_moe", "fused"), ("mixtral", "per_expert"), ("deepseek_v3", "per_expert"),
                            ("qwen3_5_moe", "fused")]:  # hybrid: Gated DeltaNet layers and a shared expert
@@ -59,7 +59,7 @@ def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
 
 def test_built_layer_keeps_bfloat16_experts_and_computes_as_float32(tmp_path: Path) -> None:
     """Experts stay at their stored precision (half the memory) and the layer's output is unchanged."""
-    from harness.engine.reap import LayerRunner
+    from bench.engine.reap import LayerRunner
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
     checkpoint = Checkpoint.open(path)
@@ -82,7 +82,7 @@ def test_scored_layer_is_freed_without_the_cycle_collector(tmp_path: Path) -> No
     import gc
     import weakref
 
-    from harness.engine.reap import LayerRunner, LayerStats, _experts_module, attach_experts_forward
+    from bench.engine.reap import LayerRunner, LayerStats, _experts_module, attach_experts_forward
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
     checkpoint = Checkpoint.open(path)
@@ -106,11 +106,11 @@ def test_peak_rss_is_this_process_not_its_parent() -> None:
     import subprocess
     import sys
 
-    from harness.engine.reap import peak_rss_bytes
+    from bench.engine.reap import peak_rss_bytes
 
     ballast = bytearray(300 << 20)  # touched below, so the parent is resident at 300 MiB+
     ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
-    child = subprocess.run([sys.executable, "-c", "from harness.engine.reap import peak_rss_bytes; "
+    child = subprocess.run([sys.executable, "-c", "from bench.engine.reap import peak_rss_bytes; "
                             "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
     assert int(child.stdout) < 200 << 20 < peak_rss_bytes()
     del ballast
@@ -152,7 +152,7 @@ def test_pruned_checkpoint_is_a_sliced_copy_that_transformers_loads(tmp_path: Pa
 @needs_data
 def test_pruned_layer_built_in_memory_is_the_written_layer(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
     """What scoring hands to the next layer is exactly what the written checkpoint computes."""
-    from harness.engine.reap import LayerRunner
+    from bench.engine.reap import LayerRunner
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=2)
     prune_checkpoint(source, tmp_path / "out", mix, PruneOptions(keep=3, renormalize=False))
@@ -170,8 +170,8 @@ def test_pruned_layer_built_in_memory_is_the_written_layer(tmp_path: Path, mix) 
 
 @needs_data
 def test_propagation_choice_changes_only_later_layers(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.calibration import build_samples
-    from harness.engine.reap import score_experts
+    from bench.engine.calibration import build_samples
+    from bench.engine.reap import score_experts
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=3)
     checkpoint = Checkpoint.open(source)
@@ -190,8 +190,8 @@ def test_propagation_choice_changes_only_later_layers(tmp_path: Path, mix) -> No
 
 @needs_data
 def test_criteria_and_seeded_random(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.calibration import build_samples
-    from harness.engine.reap import score_experts
+    from bench.engine.calibration import build_samples
+    from bench.engine.reap import score_experts
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=1)
     checkpoint = Checkpoint.open(source)
@@ -254,7 +254,7 @@ def test_global_selection_with_uneven_layers_explains_itself(tmp_path: Path, mix
 def test_cli_prune_end_to_end(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from bench.cli import app
 
     source = build_tiny(tmp_path / "src", "olmoe", layers=1)
     result = CliRunner().invoke(app, ["prune", "--model", str(source), "--calibration", "local-sample",
@@ -268,11 +268,11 @@ def test_cli_prune_end_to_end(tmp_path: Path) -> None:
 @needs_data
 @pytest.mark.vllm
 def test_pruned_scripted_model_is_served_by_vllm_and_passes_preflight(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from harness.checkpoint import choose_parsers, read_checkpoint
-    from harness.client import ChatClient, ClientConfig
-    from harness.engine.toy import build_scripted
-    from harness.preflight import PreflightOptions, first_failure, run_preflight
-    from harness.server import LaunchConfig, serving
+    from bench.serve.model_info import choose_parsers, read_checkpoint
+    from bench.run.client import ChatClient, ClientConfig
+    from bench.engine.toy import build_scripted
+    from bench.serve.preflight import PreflightOptions, first_failure, run_preflight
+    from bench.serve.launch import LaunchConfig, serving
 
     source = build_scripted(tmp_path / "scripted")
     prune_checkpoint(source, tmp_path / "pruned", mix, PruneOptions(compression=0.5))

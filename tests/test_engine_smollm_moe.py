@@ -69,7 +69,7 @@ def mix_file(path: Path, split: str, seed: int, samples: int = 16) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from harness.engine.toy import build_smollm, build_smollm_moe
+    from bench.engine.toy import build_smollm, build_smollm_moe
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core runner: one thread is faster than two spinning
@@ -84,21 +84,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def held_out(built: dict[str, Path]) -> list[list[int]]:
-    from harness.engine.calibration import build_samples, load_mix
+    from bench.engine.calibration import build_samples, load_mix
 
     return build_samples(load_mix(built["held_out"]), built["dense"]).token_ids
 
 
 @pytest.fixture(scope="module")
 def moe_meter(built: dict[str, Path]):  # type: ignore[no-untyped-def]
-    from harness.engine.smollm_moe import LossMeter
+    from bench.engine.smollm_moe import LossMeter
 
     return LossMeter(built["moe"])
 
 
 def test_moe_is_a_qwen2_moe_close_to_the_dense_model(built: dict[str, Path], held_out, moe_meter) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.smollm_moe import LossMeter
-    from harness.engine.toy import build_smollm_moe
+    from bench.engine.smollm_moe import LossMeter
+    from bench.engine.toy import build_smollm_moe
 
     config = json.loads((built["moe"] / "config.json").read_text())
     assert config["architectures"] == ["Qwen2MoeForCausalLM"]
@@ -114,9 +114,9 @@ def test_moe_is_a_qwen2_moe_close_to_the_dense_model(built: dict[str, Path], hel
 
 def test_pruned_checkpoint_has_the_loss_its_expert_mask_predicts(built: dict[str, Path], held_out, moe_meter,
                                                                 tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.calibration import load_mix
-    from harness.engine.prune import PruneOptions, prune_checkpoint
-    from harness.engine.smollm_moe import LossMeter
+    from bench.engine.calibration import load_mix
+    from bench.engine.prune import PruneOptions, prune_checkpoint
+    from bench.engine.smollm_moe import LossMeter
 
     result = prune_checkpoint(built["moe"], tmp_path / "reap-50", load_mix(built["calibration"]),
                               PruneOptions(compression=0.5, propagate="unpruned"))
@@ -133,7 +133,7 @@ def test_pruned_checkpoint_has_the_loss_its_expert_mask_predicts(built: dict[str
 
 
 def test_routed_scale_scales_every_routed_expert_output(built: dict[str, Path], held_out, moe_meter) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.smollm_moe import LossMeter
+    from bench.engine.smollm_moe import LossMeter
 
     unscaled = moe_meter.token_losses(held_out)
     halved = moe_meter.token_losses(held_out, routed_scale=0.5)
@@ -153,7 +153,7 @@ def test_routed_scale_scales_every_routed_expert_output(built: dict[str, Path], 
 
 
 def test_loss_gap_is_the_token_weighted_gap_with_its_error_over_questions() -> None:
-    from harness.engine.smollm_moe import loss_gap
+    from bench.engine.smollm_moe import loss_gap
 
     # Three questions of 2, 1 and 3 tokens; per question the other selection loses 0.2, 0.1, 0.9 nats in all.
     other = torch.tensor([1.1, 1.1, 2.1, 0.3, 0.3, 0.3])
@@ -166,8 +166,8 @@ def test_loss_gap_is_the_token_weighted_gap_with_its_error_over_questions() -> N
 
 
 def test_fp8_real_moe_loses_under_005_nats(built: dict[str, Path], held_out, moe_meter, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from harness.engine.fp8 import quantize_checkpoint
-    from harness.engine.smollm_moe import LossMeter
+    from bench.engine.fp8 import quantize_checkpoint
+    from bench.engine.smollm_moe import LossMeter
 
     result = quantize_checkpoint(built["moe"], tmp_path / "fp8")
     fp8_loss = LossMeter(tmp_path / "fp8").loss(held_out)
@@ -187,12 +187,12 @@ def exact_scored(built: dict[str, Path]) -> dict[str, Any]:
     """Exact MoEs of the same dense model (its neurons as they are, from importance bands, a quarter of
     each MLP always on), one per seed, each with its experts scored once on calibration questions and a
     loss meter for held-out ones."""
-    from harness.engine.calibration import build_samples, load_mix
-    from harness.engine.checkpoint import Checkpoint
-    from harness.engine.moe import resolve
-    from harness.engine.prune import PruneOptions
-    from harness.engine.reap import score_experts
-    from harness.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe
+    from bench.engine.calibration import build_samples, load_mix
+    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.moe import resolve
+    from bench.engine.prune import PruneOptions
+    from bench.engine.reap import score_experts
+    from bench.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe
 
     # Calibration questions drawn with seed 1 are none of those the MoE was fitted on (seed 0 draws 24 of them).
     calibration = build_samples(load_mix(mix_file(built["root"] / "cal64.yaml", "test", 1, 64)), built["dense"])
@@ -214,7 +214,7 @@ def exact_scored(built: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("keep", [6, 4], ids=["25%", "50%"])
 def test_reap_beats_frequency_and_random_pruning(exact_scored: dict[str, Any], keep: int) -> None:
-    from harness.engine.smollm_moe import loss_gap
+    from bench.engine.smollm_moe import loss_gap
 
     held_out, lengths = exact_scored["held_out"], exact_scored["lengths"]
     reaps: list[torch.Tensor] = []
@@ -249,8 +249,8 @@ def test_reap_beats_frequency_and_random_pruning(exact_scored: dict[str, Any], k
 def test_vllm_serves_the_smollm_moe(built: dict[str, Path], tmp_path: Path) -> None:
     import httpx
 
-    from harness.checkpoint import ParserChoice
-    from harness.server import LaunchConfig, serving
+    from bench.serve.model_info import ParserChoice
+    from bench.serve.launch import LaunchConfig, serving
 
     config = LaunchConfig(model=built["moe"], served_model_name="smollm-moe", parsers=ParserChoice(None, None, "test"),
                           python=vllm_python(), max_model_len=1024, cache_root=tmp_path / "vllm-cache")

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
 
-from harness import gate
-from harness.baseline import resolve_run, save_baseline
-from harness.errors import UserError
-from harness.gatespec import load_spec, parse_spec
-from harness.rundata import load_run
+from bench.compare import gate
+from bench.report import gate_files
+from bench.compare.baselines import resolve_run, save_baseline
+from bench.errors import UserError
+from bench.compare.spec import load_spec, parse_spec
+from bench.compare.rundata import load_run
 from rundirs import write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def evaluate(runs: dict[str, Path], candidate: str, spec: Path | dict[str, Any] 
 def bench(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI in a real process, so exit codes and stdout/stderr are what CI sees."""
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *map(str, args)],
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=120,
     )  # fmt: skip
 
@@ -133,7 +134,7 @@ def test_outputs_junit_markdown_json(runs: dict[str, Path], tmp_path: Path) -> N
 def test_junit_for_an_invalid_run_marks_every_case_as_an_error(runs: dict[str, Path], tmp_path: Path) -> None:
     result = evaluate(runs, "leaked")
     path = tmp_path / "invalid.xml"
-    gate.write_outputs(result, junit=path)
+    gate_files.write_outputs(result, junit=path)
     cases = [case for suite in JUnitXml.fromfile(str(path)) for case in suite]
     assert len(cases) == len(result.rules) > 0
     assert all(any(isinstance(r, Error) for r in case.result) for case in cases)

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase
 
-from harness import gate
-from harness.gatespec import load_spec
-from harness.records import ItemRecord, Results
-from harness.rundata import load_run
+from bench.compare import gate
+from bench.compare.spec import load_spec
+from bench.run.records import ItemRecord, Results
+from bench.compare.rundata import load_run
 from packruns import Regression, RunSpec, planted_item_ids, write_pack_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def cli(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> CliR
 
 def bench(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """The real CLI in a real process, so exit codes and stdout/stderr are what CI sees."""
-    command = [sys.executable, "-m", "harness.cli", *map(str, args)]
+    command = [sys.executable, "-m", "bench.cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

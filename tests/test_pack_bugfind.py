@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.pack import Item
-from harness.sandbox import sandbox_backend
-from harness.testing import transcript_for_answer, transcript_for_text
-from packs.bugfind import BugFindPack
-from packs.bugfind.extract import extract_answer
-from packs.bugfind.hidden import run_hidden_tests
-from packs.bugfind.pack import ITEMS_PATH, load_items, number_lines
+from bench import registry
+from bench.errors import UserError
+from bench.pack import Item
+from bench.sandbox import sandbox_backend
+from bench.testing import transcript_for_answer, transcript_for_text
+from bench.packs.bugfind import BugFindPack
+from bench.packs.bugfind.extract import extract_answer
+from bench.packs.bugfind.hidden import run_hidden_tests
+from bench.packs.bugfind.pack import ITEMS_PATH, load_items, number_lines
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_ITEMS = load_items()

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.pack import Item, Score
-from harness.transcript import Exchange, Request, Response, Transcript
-from packs.code import KNOWN_DEFECTS, QUICK_IDS, CodePack, Sample, build_solution, check
-from packs.code import _data
-from packs.code._crosscheck import KINDS, evalplus_own_statuses, mixed_kinds, reply_for
-from packs.code._extract import certain_failure, find_code, prompt_context
+from bench.errors import UserError
+from bench.pack import Item, Score
+from bench.transcript import Exchange, Request, Response, Transcript
+from bench.packs.code import KNOWN_DEFECTS, QUICK_IDS, CodePack, Sample, build_solution, check
+from bench.packs.code import data as code_data
+from bench.packs.code.crosscheck import KINDS, evalplus_own_statuses, mixed_kinds, reply_for
+from bench.packs.code.extract import certain_failure, find_code, prompt_context
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
-DATA_FILE = DATA_DIR / _data.LOCAL_NAME
+DATA_FILE = DATA_DIR / code_data.LOCAL_NAME
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +44,7 @@ def reply(content: str | None, finish_reason: str = "stop") -> Transcript:
 
 def timing_sensitive(task_id: str) -> bool:
     """Tasks with a ground-truth input slower than 0.1 s: evalplus's 4x time limit can trip under load."""
-    times = _data.reference_times(task_id)
+    times = code_data.reference_times(task_id)
     return max(times["base"] + times["plus"]) > 0.1
 
 
@@ -91,7 +91,7 @@ def test_every_reference_passes_and_every_wrong_fails(pack: CodePack) -> None:
 def test_scores_equal_evalplus_own_evaluator(pack: CodePack, tmp_path: Path) -> None:
     """Same programs, two graders: the pack (sandboxed driver) and ``python -m evalplus.evaluate``."""
     items = pack.items("full")
-    problems = _data.problems()
+    problems = code_data.problems()
     kinds = mixed_kinds([item.id for item in items], seed=0)
     # Timing-sensitive tasks get the kinds that fail fast, so load cannot split the two graders.
     kinds.update({item.id: "wrong" for item in items if timing_sensitive(item.id)})
@@ -205,7 +205,7 @@ def test_infinite_loop_is_failed_within_evalplus_limits(pack: CodePack) -> None:
 
 
 def test_checker_failure_is_an_error_not_a_zero(pack: CodePack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_data, "payload_path", lambda task_id: tmp_path / "missing.pkl")
+    monkeypatch.setattr(code_data, "payload_path", lambda task_id: tmp_path / "missing.pkl")
     [verdict] = check([Sample("HumanEval/2", "def truncate_number(x):\n    return x % 1\n")])
     assert verdict.error is not None and "missing.pkl" in verdict.error
     item = pack.item_by_id("HumanEval/2")
@@ -218,10 +218,10 @@ def test_missing_data_is_a_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
     with pytest.raises(UserError, match="HumanEval\\+ data not found"):
-        _data.configure_source()
+        code_data.configure_source()
     monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(tmp_path / "nope.jsonl.gz"))
     with pytest.raises(UserError, match="HUMANEVAL_OVERRIDE_PATH"):
-        _data.configure_source()
+        code_data.configure_source()
 
 
 def test_options() -> None:
@@ -234,7 +234,7 @@ def test_options() -> None:
 
 
 def test_registered_under_the_entry_point() -> None:
-    from harness import registry
+    from bench import registry
 
     assert "code" in registry.available()
     assert type(registry.load("code")).__name__ == "CodePack"

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.pack import Item
-from harness.records import ItemRecord
-from harness.testing import transcript_for_answer, transcript_for_text
-from packs.dataextract import DataExtractPack
-from packs.dataextract.data import ITEMS_PATH
-from packs.dataextract.extract import Extracted, NotFound, find_json
-from packs.dataextract.fields import compare_fields
-from packs.dataextract.normalize import is_blank, to_number, values_equal
+from bench import registry
+from bench.errors import UserError
+from bench.pack import Item
+from bench.run.records import ItemRecord
+from bench.testing import transcript_for_answer, transcript_for_text
+from bench.packs.dataextract import DataExtractPack
+from bench.packs.dataextract.data import ITEMS_PATH
+from bench.packs.dataextract.extract import Extracted, NotFound, find_json
+from bench.packs.dataextract.fields import compare_fields
+from bench.packs.dataextract.normalize import is_blank, to_number, values_equal
 
 PACK = DataExtractPack()
 ALL_ITEMS = PACK.items("full")

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.records import ItemRecord
-from harness.testing import transcript_for_answer, transcript_for_text
-from harness.transcript import Transcript
-from packs.instructfollow import InstructFollowPack, checks, scoring, text
-from packs.instructfollow.pack import ITEMS_PATH, load_items
-from packs.instructfollow.schema import build_item_schema, load_item_schema
+from bench import registry
+from bench.errors import UserError
+from bench.run.records import ItemRecord
+from bench.testing import transcript_for_answer, transcript_for_text
+from bench.transcript import Transcript
+from bench.packs.instructfollow import InstructFollowPack, checks, scoring, text
+from bench.packs.instructfollow.pack import ITEMS_PATH, load_items
+from bench.packs.instructfollow.schema import build_item_schema, load_item_schema
 
 
 def reply(content: str | None, finish_reason: str = "stop", reasoning: str | None = None) -> Transcript:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.pack import Score
-from harness.transcript import Exchange, Request, Response, Transcript
-from packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
-from packs.mmlu._pack import QUICK_IDS
+from bench.errors import UserError
+from bench.pack import Score
+from bench.transcript import Exchange, Request, Response, Transcript
+from bench.packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
+from bench.packs.mmlu.pack import QUICK_IDS
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
 
@@ -205,7 +205,7 @@ def test_bad_options_and_paths_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_registered_under_the_entry_point() -> None:
-    from harness import registry
+    from bench import registry
 
     assert "mmlu" in registry.available()
     assert type(registry.load("mmlu")).__name__ == "MMLUPack"

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.pack import Item, Score
-from harness.session import Session
-from harness.transcript import Exchange, Request, Response, ToolCall, Transcript
-from packs.toolcall import ToolCallPack
-from packs.toolcall.data import ITEMS_PATH, load_catalog, load_items
-from packs.toolcall.matchers import MISSING, check, check_fact, normalize_text, numbers_in, same_json
+from bench import registry
+from bench.errors import UserError
+from bench.pack import Item, Score
+from bench.run.session import Session
+from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
+from bench.packs.toolcall import ToolCallPack
+from bench.packs.toolcall.data import ITEMS_PATH, load_catalog, load_items
+from bench.packs.toolcall.matchers import MISSING, check, check_fact, normalize_text, numbers_in, same_json
 
 CATEGORIES = {"single", "selection", "parallel", "restraint", "arguments", "two_step"}
 

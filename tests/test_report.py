@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from harness import gate, report
-from harness.gatespec import load_spec
-from harness.rundata import load_run
+from bench.compare import gate
+from bench.report import gate_files
+from bench.report import html as report
+from bench.compare.spec import load_spec
+from bench.compare.rundata import load_run
 from candidate_tables import HOSTILE_LABEL, sample_summary, write_pruning
 from rundirs import HOSTILE_CONTENT, write_run
 
@@ -44,10 +46,10 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     gate_json = root / "gate.json"
     result = gate.evaluate(load_run(cand), load_run(base), load_spec(REPO / "baselines" / "default.yaml"))
-    gate.write_outputs(result, json_path=gate_json)
+    gate_files.write_outputs(result, json_path=gate_json)
     out = root / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "report", str(base), str(cand), "--out", str(out), "--gate", str(gate_json), "--max-items", "500"],
+        [sys.executable, "-m", "bench.cli", "report", str(base), str(cand), "--out", str(out), "--gate", str(gate_json), "--max-items", "500"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +88,7 @@ def test_one_row_heatmap_with_long_column_labels_keeps_its_cells() -> None:
 
     import pandas as pd
 
-    from harness import charts
+    from bench.report import charts
 
     frame = pd.DataFrame([[0.25, -0.5]], index=["toolcall.params"],
                          columns=["a-long-candidate-label-from-a-plan − base", "local-sample-k4 − base"])
@@ -236,7 +238,7 @@ def candidates_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "candidates.json").write_text(summary.model_dump_json())
     out = root / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "report", str(base), str(cand), "--out", str(out),
+        [sys.executable, "-m", "bench.cli", "report", str(base), str(cand), "--out", str(out),
          "--candidates", str(root / "candidates.json")],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from candidate_tables import HOSTILE_LABEL, sample_summary, sample_table, write_pruning
-from harness import report
-from harness.candidate.summary import report_table, write_loop_report, write_summary
-from harness.errors import UserError
-from harness.report_candidates import load_candidate_table, table_cells
-from harness.rundata import load_run
+from bench.report import html as report
+from bench.candidate.summary import report_table, write_loop_report, write_summary
+from bench.errors import UserError
+from bench.report.candidates import load_candidate_table, table_cells
+from bench.compare.rundata import load_run
 from rundirs import write_run
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -158,9 +158,9 @@ def test_broken_or_missing_pruning_records_are_notes(tmp_path: Path) -> None:
 def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripted tiny MoE, pruned to half its experts by a real REAP pass on a few lines of text."""
     pytest.importorskip("torch")
-    from harness.engine.calibration import Mix
-    from harness.engine.prune import PruneOptions, prune_checkpoint
-    from harness.engine.toy import build_scripted
+    from bench.engine.calibration import Mix
+    from bench.engine.prune import PruneOptions, prune_checkpoint
+    from bench.engine.toy import build_scripted
 
     import torch
 

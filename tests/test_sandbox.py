@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import harness.sandbox as sandbox_module
-from harness.sandbox import BackendChoice, SandboxResult, run_python, sandbox_backend
-from harness.sandbox import _bwrap_usable, _reachable_by_others  # the probes the backend choice uses
+import bench.sandbox as sandbox_module
+from bench.sandbox import BackendChoice, SandboxResult, run_python, sandbox_backend
+from bench.sandbox import _bwrap_usable, _reachable_by_others  # the probes the backend choice uses
 
 REPO = Path(__file__).resolve().parents[1]
 

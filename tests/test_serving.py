@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.checkpoint import choose_parsers, read_checkpoint
-from harness.client import ChatClient, ClientConfig
-from harness.preflight import PreflightOptions, run_preflight
-from harness.store import RunStore
+from bench.serve.model_info import choose_parsers, read_checkpoint
+from bench.run.client import ChatClient, ClientConfig
+from bench.serve.preflight import PreflightOptions, run_preflight
+from bench.run.store import RunStore
 from conftest import bench_cmd, install_echo_pack, vllm_python
 
 pytestmark = pytest.mark.vllm

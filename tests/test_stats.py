@@ -1,4 +1,4 @@
-"""harness.stats against hand-computable samples and the reference values scipy's own tests use."""
+"""bench.stats against hand-computable samples and the reference values scipy's own tests use."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness import stats
+from bench import stats
 
 # --- Wilson intervals: reference values from R's prop.test(correct=FALSE), as in scipy's
 # test_morestats.py::TestBinomTest::test_ci_wilson_method (n = 10).

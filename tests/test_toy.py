@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from harness.engine import toy  # noqa: E402
-from harness.engine.toy import build_scripted, build_smollm, is_built, scripted_reply  # noqa: E402
-from harness.errors import UserError  # noqa: E402
+from bench.engine import toy  # noqa: E402
+from bench.engine.toy import build_scripted, build_smollm, is_built, scripted_reply  # noqa: E402
+from bench.errors import UserError  # noqa: E402
 
 pytestmark = pytest.mark.engine
 

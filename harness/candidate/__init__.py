@@ -1,7 +1,7 @@
 """``bench candidate``: base run -> prune -> (FP8) -> run -> gate per candidate -> one report.
 
 The library behind the command; the CLI only parses flags and prints. A plan (YAML, see
-:mod:`harness.candidate.plan`) says what to try; :func:`prepare` resolves it against the base
+:mod:`bench.candidate.plan`) says what to try; :func:`prepare` resolves it against the base
 checkpoint and keys every step; :func:`candidate_loop` runs what is not cached yet and writes
 ``candidates.json``, ``candidates.md`` and ``report.html`` into the output folder.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.candidate.keys import FileDigests, step_key
-from harness.candidate.loop import Echo, StepLog, digest_memo, run_loop, step_status
-from harness.candidate.plan import Plan, load_plan, parse_plan, plan_schema
-from harness.candidate.prepare import Candidate, Prepared, prepare
-from harness.candidate.store import Step, StepStore, exclusive
-from harness.candidate.summary import (
+from bench.candidate.keys import FileDigests, step_key
+from bench.candidate.loop import Echo, StepLog, digest_memo, run_loop, step_status
+from bench.candidate.plan import Plan, load_plan, parse_plan, plan_schema
+from bench.candidate.prepare import Candidate, Prepared, prepare
+from bench.candidate.cache import Step, StepStore, exclusive
+from bench.candidate.summary import (
     Summary,
     build_summary,
     exit_code,

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
-from harness.errors import UserError
+from bench import __version__
+from bench.errors import UserError
 
 KEY_LENGTH = 20  # hex characters: 80 bits, plenty for one output folder
 _READ_BYTES = 8 << 20

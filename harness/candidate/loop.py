@@ -1,7 +1,7 @@
 """The candidate loop: run packs on the base, then prune -> (FP8) -> run packs -> gate per candidate.
 
 Each step runs only when its folder under ``steps/`` lacks a reusable completion record (see
-:mod:`harness.candidate.store`). A checkpoint step killed half-way is redone from scratch into a
+:mod:`bench.candidate.cache`). A checkpoint step killed half-way is redone from scratch into a
 fresh folder; a pack run killed half-way is resumed from its ``items.jsonl``, so finished items
 are not asked again. One candidate's failure (a server that will not start, a failed preflight)
 is recorded in its row and the loop goes on with the next.
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.candidate.keys import FileDigests
-from harness.candidate.prepare import Candidate, Prepared
-from harness.candidate.store import Done, Step, StepStore
-from harness.errors import UserError
-from harness.records import Results
-from harness.store import MANIFEST, RunStore
+from bench.candidate.keys import FileDigests
+from bench.candidate.prepare import Candidate, Prepared
+from bench.candidate.cache import Done, Step, StepStore
+from bench.errors import UserError
+from bench.run.records import Results
+from bench.run.store import MANIFEST, RunStore
 
 Echo = Callable[[str], None]
 MODEL_DIR = "model"
@@ -67,7 +67,7 @@ def _finished_results(run_dir: Path) -> Results | None:
 
 def weight_bytes(model_dir: Path) -> int:
     """Bytes of a checkpoint's weight files on disk (headers included)."""
-    from harness.engine.checkpoint import Checkpoint
+    from bench.engine.checkpoint import Checkpoint
 
     return Checkpoint.open(model_dir).file_bytes()
 
@@ -112,7 +112,7 @@ class Loop:
         step = candidate.prune
         if (done := self._cached(step)) is not None:
             return done
-        from harness.engine.prune import PruneOptions, prune_checkpoint
+        from bench.engine.prune import PruneOptions, prune_checkpoint
 
         self._announce(step, f"pruning to {candidate.keep}/{self.prepared.n_experts} experts per layer")
         started = time.monotonic()
@@ -139,7 +139,7 @@ class Loop:
     def quantize(self, step: Step, source: Path) -> Done:
         if (done := self._cached(step)) is not None:
             return done
-        from harness.engine.fp8 import quantize_checkpoint
+        from bench.engine.fp8 import quantize_checkpoint
 
         precision = self.prepared.experts_precision
         self._announce(step, "FP8" + (" (experts kept bf16)" if precision == "bf16" else ""))
@@ -161,7 +161,7 @@ class Loop:
     def run(self, step: Step, model_dir: Path) -> Done:
         if (done := self._cached(step)) is not None:
             return done
-        from harness.evaluate import execute
+        from bench.run.evaluation import execute
 
         folder = self.store.path(step.key)
         previous = sorted(p for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else []
@@ -196,15 +196,16 @@ class Loop:
     def gate(self, step: Step, baseline: Path, candidate: Path) -> Done:
         if (done := self._cached(step)) is not None:
             return done
-        from harness import gate
-        from harness.rundata import load_run
+        from bench.compare import gate
+        from bench.report import gate_files
+        from bench.compare.rundata import load_run
 
         self._announce(step, "gating against the base")
         started = time.monotonic()
         folder = self.store.begin(step)
         result = gate.evaluate(load_run(candidate), load_run(baseline), self.prepared.gate_spec,
                                self.prepared.gate_source)
-        gate.write_outputs(result, markdown=folder / "gate.md", junit=folder / "gate.xml", json_path=folder / "gate.json")
+        gate_files.write_outputs(result, markdown=folder / "gate.md", junit=folder / "gate.xml", json_path=folder / "gate.json")
         self.echo(f"    {result.line}")
         return self._finish(step, started, {"paths": ["gate.json"], "gate_json": "gate.json",
                                                  "verdict": result.verdict, "line": result.line,
@@ -231,7 +232,7 @@ class Loop:
 
     def check_calibration(self) -> None:
         """Calibration preflight of every mix still to be used: a drifted dataset fails in seconds, not after serving."""
-        from harness.engine.calibration import preflight, render_preflight
+        from bench.engine.calibration import preflight, render_preflight
 
         pending = {c.mix_name for c in self.prepared.candidates if self.store.fresh(c.prune) is None}
         for name in sorted(pending):

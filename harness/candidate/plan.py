@@ -16,8 +16,8 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.datafile import load_data_file
-from harness.errors import UserError
+from bench.datafile import load_data_file
+from bench.errors import UserError
 
 CRITERIA = ("reap", "frequency", "mean-gate", "ean", "random")
 
@@ -126,7 +126,7 @@ class Plan(BaseModel):
         return None
 
     def pack_list(self) -> str:
-        """The packs as the comma list :class:`harness.evaluate.RunOptions` takes."""
+        """The packs as the comma list :class:`bench.run.evaluation.RunOptions` takes."""
         packs = self.evaluate.packs
         return ",".join(packs) if isinstance(packs, list) else packs
 

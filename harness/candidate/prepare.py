@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import registry
-from harness.candidate.keys import FileDigests, step_key
-from harness.candidate.plan import Plan
-from harness.candidate.store import Step
-from harness.errors import UserError
-from harness.evaluate import RunOptions
-from harness.gatespec import GateSpec, load_spec, parse_spec
+from bench import registry
+from bench.candidate.keys import FileDigests, step_key
+from bench.candidate.plan import Plan
+from bench.candidate.cache import Step
+from bench.errors import UserError
+from bench.shipped import spec_names
+from bench.shipped import spec_path as shipped_spec
+from bench.run.evaluation import RunOptions
+from bench.compare.spec import GateSpec, load_spec, parse_spec
 
-BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 BASE_LABEL = "base"
 Precision = Literal["fp8", "bf16"]
 
@@ -64,7 +65,7 @@ class Prepared:
     family: str
     n_experts: int
     top_k: int
-    mixes: dict[str, Any]  # mix name -> harness.engine.calibration.Mix
+    mixes: dict[str, Any]  # mix name -> bench.engine.calibration.Mix
     experts_precision: Precision | None  # None: no quantization
     packs: list[str]
     gate_spec: GateSpec
@@ -123,16 +124,16 @@ def installed_vllm_version(python: str) -> str | None:
 
 
 def resolve_gate(value: str | dict[str, Any], plan_path: Path) -> tuple[GateSpec, str]:
-    """The plan's gate spec: inline, a file (relative to the plan), or a spec name in baselines/."""
+    """The plan's gate spec: inline, a file (relative to the plan), or the name of a shipped spec."""
     if isinstance(value, dict):
         return parse_spec(value, f"{plan_path}: gate"), f"{plan_path} (inline gate)"
-    tried = [_relative(plan_path, value), Path.cwd() / "baselines" / f"{value}.yaml", BASELINES_DIR / value,
-             BASELINES_DIR / f"{value}.yaml"]
-    for path in tried:
-        if path.is_file():
-            return load_spec(path), str(path)
-    stored = sorted(p.stem for p in BASELINES_DIR.glob("*.yaml")) if BASELINES_DIR.is_dir() else []
-    raise UserError(f"{plan_path}: gate {value!r} is neither a spec file nor a spec name (shipped: {', '.join(stored)})")
+    path = _relative(plan_path, value)
+    if path.is_file():
+        return load_spec(path), str(path)
+    shipped = shipped_spec(value)
+    if shipped is not None:
+        return load_spec(shipped), str(shipped)
+    raise UserError(f"{plan_path}: gate {value!r} is neither a spec file nor a spec name (shipped: {', '.join(spec_names())})")
 
 
 def _check_gate_covers(spec: GateSpec, packs: list[str], source: str) -> None:
@@ -185,7 +186,7 @@ def _experts_precision(plan: Plan) -> Precision | None:
 
 
 def _keep_counts(plan: Plan, base: Path, moe: Any, precision: Precision | None) -> dict[int, list[str]]:
-    from harness.engine.prune import keep_count
+    from bench.engine.prune import keep_count
 
     wanted: dict[int, list[str]] = {}
     for ratio in plan.prune.ratios:
@@ -195,7 +196,7 @@ def _keep_counts(plan: Plan, base: Path, moe: Any, precision: Precision | None) 
         n = keep_count(moe.n_experts, moe.top_k, compression=None, keep=count)
         wanted.setdefault(n, []).append(f"keep {count}")
     if plan.prune.fit is not None:
-        from harness.engine.fit import FitRequest, fit
+        from bench.engine.fit import FitRequest, fit
 
         target = plan.prune.fit
         report = fit(FitRequest(base, target.gpu_gib, target.context, target.concurrency, target.utilization,
@@ -223,17 +224,17 @@ def prepare(
     """Check the plan against the base checkpoint and key every step.
 
     Args:
-        plan: a validated plan (see :func:`harness.candidate.plan.load_plan`).
+        plan: a validated plan (see :func:`bench.candidate.plan.load_plan`).
         plan_path: the plan's file; relative paths in it are relative to its folder.
         base: the base (uncompressed) checkpoint directory.
         data_dir: root for ``{data_dir}`` in mixes; else the plan's ``data_dir``, else BENCH_DATA_DIR.
         vllm_python: interpreter with vLLM; else the plan's, else BENCH_VLLM_PYTHON.
         digests: file digest memo (so an unchanged base is not re-read).
     """
-    from harness.engine.calibration import load_mix
-    from harness.engine.checkpoint import Checkpoint
-    from harness.engine.moe import resolve
-    from harness.server import resolve_vllm_python
+    from bench.engine.calibration import load_mix
+    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.moe import resolve
+    from bench.serve.launch import resolve_vllm_python
 
     digests = digests or FileDigests()
     base = base.expanduser().resolve()

@@ -14,15 +14,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from harness import __version__
-from harness.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
-from harness.candidate.prepare import Prepared
-from harness.candidate.store import StepStore
-from harness.pruning import PRUNING_FILE
-from harness.report_candidates import CandidateRow as Row
-from harness.report_candidates import CandidateTable
-from harness.report_candidates import table_cells as _table_cells
-from harness.store import RunStore
+from bench import __version__
+from bench.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
+from bench.candidate.prepare import Prepared
+from bench.candidate.cache import StepStore
+from bench.pruning_record import PRUNING_FILE
+from bench.report.candidates import CandidateRow as Row
+from bench.report.candidates import CandidateTable
+from bench.report.candidates import table_cells as _table_cells
+from bench.run.store import RunStore
 
 SUMMARY_JSON = "candidates.json"
 SUMMARY_MD = "candidates.md"
@@ -88,7 +88,7 @@ def _mean(scores: dict[str, float | None]) -> float | None:
 
 
 def _base_precision(prepared: Prepared) -> str:
-    from harness.engine.moe import text_config
+    from bench.engine.moe import text_config
 
     config = json.loads((prepared.base / "config.json").read_text(encoding="utf-8"))
     dtype = config.get("torch_dtype") or config.get("dtype") or text_config(config).get("torch_dtype")
@@ -194,7 +194,7 @@ def load_summary(out: Path) -> Summary:
 def write_loop_report(summary: Summary, out: Path) -> Path | None:
     """One HTML report over the base and every candidate that finished its run, headed by the
     size-vs-score table, the Pareto front and each pruned checkpoint's expert heatmaps."""
-    from harness.report import write_report
+    from bench.report.html import write_report
 
     runs = [Path(row.run_dir) for row in summary.rows if row.run_dir and (Path(row.run_dir) / "results.json").is_file()]
     if not runs:

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 app = typer.Typer(
     name="bench",
@@ -23,10 +23,10 @@ app = typer.Typer(
 
 # One module per command group; each defines register(app).
 COMMAND_MODULES = [
-    "harness.cli.run",
-    "harness.cli.gate",
-    "harness.cli.engine",
-    "harness.cli.candidate",
+    "bench.cli.run",
+    "bench.cli.gate",
+    "bench.cli.engine",
+    "bench.cli.candidate",
 ]
 
 

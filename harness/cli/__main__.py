@@ -1,3 +1,3 @@
-from harness.cli import main
+from bench.cli import main
 
 main()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 
 def _require_engine() -> None:
@@ -23,7 +23,7 @@ def _print_table(summary: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.candidate import Summary, table_cells
+    from bench.candidate import Summary, table_cells
 
     assert isinstance(summary, Summary)
     header, rows = table_cells(summary)
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         Exit code: 0 when some candidate passes the gate, 1 when none does, 2 when a step failed.
         """
         _require_engine()
-        from harness.candidate import (
+        from bench.candidate import (
             candidate_loop,
             default_out,
             digest_memo,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "baselines" / "default.yaml"
 
 
 def register(app: typer.Typer) -> None:
@@ -15,23 +14,26 @@ def register(app: typer.Typer) -> None:
     def gate_cmd(
         run: Path = typer.Argument(..., help="candidate run directory"),
         baseline: str = typer.Option(..., "--baseline", "-b", help="baseline run directory or stored baseline name"),
-        spec: Path = typer.Option(DEFAULT_SPEC, "--spec", "-s", help="gate spec, YAML or JSON"),
+        spec: str | None = typer.Option(None, "--spec", "-s", help="gate spec: a YAML or JSON file, or a shipped spec name (default, strict); default: default"),
         markdown: Path | None = typer.Option(None, "--markdown", help="write a Markdown summary here"),
         junit: Path | None = typer.Option(None, "--junit", help="write JUnit XML (one test case per rule) here"),
         json_path: Path | None = typer.Option(None, "--json", help="write the full gate result as JSON here"),
         baselines_dir: Path = typer.Option(Path("baselines"), "--baselines-dir", help="where named baselines live"),
     ) -> None:
         """Compare RUN with a baseline under a spec: exit 0 Pass, 1 Fail*, 2 Invalid or bad input."""
-        from harness import gate
-        from harness.baseline import resolve_run
-        from harness.gatespec import load_spec
-        from harness.rundata import load_run
+        from bench.compare import gate
+        from bench.report import gate_files
+        from bench.shipped import resolve_spec
+        from bench.compare.baselines import resolve_run
+        from bench.compare.spec import load_spec
+        from bench.compare.rundata import load_run
 
-        gate_spec = load_spec(spec)
+        spec_file = resolve_spec(spec)
+        gate_spec = load_spec(spec_file)
         candidate = load_run(run)
         reference = load_run(resolve_run(baseline, baselines_dir=baselines_dir))
-        result = gate.evaluate(candidate, reference, gate_spec, str(spec))
-        gate.write_outputs(result, markdown=markdown, junit=junit, json_path=json_path)
+        result = gate.evaluate(candidate, reference, gate_spec, str(spec_file))
+        gate_files.write_outputs(result, markdown=markdown, junit=junit, json_path=json_path)
         for warning in result.warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
         print(result.line)
@@ -46,8 +48,8 @@ def register(app: typer.Typer) -> None:
         candidates: Path | None = typer.Option(None, "--candidates", help="a bench candidate candidates.json: adds the size-vs-score section"),
     ) -> None:
         """Render one self-contained HTML report comparing the runs."""
-        from harness import report
-        from harness.report_candidates import load_candidate_table
+        from bench.report import html as report
+        from bench.report.candidates import load_candidate_table
 
         table = load_candidate_table(candidates) if candidates else None
         path = report.write_report(runs, out, gate_path=gate_json, max_items=max_items, candidates=table)
@@ -63,7 +65,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing baseline of that name"),
     ) -> None:
         """Store RUN's manifest, results and item scores under baselines/NAME/."""
-        from harness.baseline import save_baseline
+        from bench.compare.baselines import save_baseline
 
         target = save_baseline(run, name, baselines_dir=directory, overwrite=overwrite)
         print(f"saved baseline {name} -> {target}")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Checkpoint directory to serve with vLLM.")]
 EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="OpenAI-compatible server URL (repeat for replicas); no launch.")]
@@ -26,7 +26,7 @@ def _print_results(outcome: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.evaluate import RunOutcome
+    from bench.run.evaluation import RunOutcome
 
     assert isinstance(outcome, RunOutcome)
     results = outcome.results
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the run directory.")] = True,
     ) -> None:
         """Serve a checkpoint (or use --endpoint), prove the stack with preflight, run packs, score."""
-        from harness.evaluate import RunOptions, execute, options_from_run
+        from bench.run.evaluation import RunOptions, execute, options_from_run
 
         if resume is not None:
             options = options_from_run(resume)
@@ -142,8 +142,8 @@ def register(app: typer.Typer) -> None:
         startup_timeout: Annotated[float, typer.Option("--startup-timeout")] = 900.0,
     ) -> None:
         """Launch the checkpoint behind vLLM with the parsers bench would pick, and keep it up until Ctrl-C."""
-        from harness.evaluate import RunOptions, launch_config
-        from harness.server import serving
+        from bench.run.evaluation import RunOptions, launch_config
+        from bench.serve.launch import serving
 
         options = RunOptions(
             model=str(model), served_model_name=served_model_name, vllm_python=vllm_python, port=port,
@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from harness import registry
+        from bench import registry
 
         table = Table()
         for column in ("pack", "version", "full", "quick", "subdimensions", "description"):
@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Path, typer.Argument(help="Run directory to re-score with the current scorers.")],
     ) -> None:
         """Re-score stored responses with the current scorers and rewrite results.json (no server)."""
-        from harness.rescore import rescore
+        from bench.run.rescore import rescore
 
         outcome = rescore(run)
         print(f"rescored {outcome.rescored} items; {outcome.changed} changed score", file=sys.stderr)
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Directory to write the checkpoint into.")],
     ) -> None:
         """Build a small checkpoint offline: the scripted tiny Qwen3-MoE, the real SmolLM2-135M, or SmolLM2 as an 8-expert MoE."""
-        from harness.engine import toy
+        from bench.engine import toy
 
         builders = {"scripted": toy.build_scripted, "smollm": toy.build_smollm, "smollm-moe": toy.build_smollm_moe}
         if kind not in builders:
@@ -213,7 +213,7 @@ def register(app: typer.Typer) -> None:
 
 def _write_report(run_dir: Path) -> None:
     """Render the run's HTML report beside its results."""
-    from harness.report import write_report
+    from bench.report.html import write_report
 
     out = write_report([run_dir], run_dir / "report.html")
     print(f"report: {out}")

@@ -1,7 +1,7 @@
 """Calibration mixes: datasets -> chat-formatted text -> token ids, with a preflight that fails fast.
 
 A mix is data (YAML): which datasets (each through a schema adapter from
-:mod:`harness.engine.adapters`), how many samples from each (counts or weights), the sequence
+:mod:`bench.engine.adapters`), how many samples from each (counts or weights), the sequence
 length and the seed. Named recipes ship in ``harness/engine/recipes/``. Rows are rendered with
 the model's own chat template, tools included, so calibration sees what serving sees.
 
@@ -20,19 +20,20 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.engine.adapters import ADAPTERS, Adapter, Conversation, SchemaError, make_getter
-from harness.errors import UserError
+from bench.engine.adapters import ADAPTERS, Adapter, Conversation, SchemaError, make_getter
+from bench.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES = "bench.engine.recipes"  # package data: shipped mixes are found in a wheel install too
 PREFLIGHT_ROWS = 8
 
 
@@ -102,7 +103,7 @@ class Mix(BaseModel):
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted(e.name.removesuffix(".yaml") for e in resources.files(RECIPES).iterdir() if e.name.endswith(".yaml"))
 
 
 def load_mix(
@@ -117,7 +118,7 @@ def load_mix(
     path = Path(spec)
     if not path.is_file():
         if str(spec) in recipe_names():
-            path = RECIPES_DIR / f"{spec}.yaml"
+            path = Path(str(resources.files(RECIPES) / f"{spec}.yaml"))
         else:
             names = recipe_names()
             close = difflib.get_close_matches(str(spec), names, n=1)
@@ -330,8 +331,8 @@ def _measure_matmul_gflops(seconds: float = 0.3) -> float:
 
 def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS) -> PreflightReport:
     """Validate the first rows of every dataset and estimate the pruning cost, before reading weights."""
-    from harness.engine.checkpoint import Checkpoint
-    from harness.engine.moe import resolve_if_moe
+    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.moe import resolve_if_moe
 
     started = time.perf_counter()
     checkpoint = Checkpoint.open(model_dir)  # headers only
@@ -389,7 +390,7 @@ def _estimate_cost(checkpoint: Any, moe: Any, tokens: int, gflops: float) -> tup
 
 
 def render_preflight(report: PreflightReport) -> str:
-    from harness.engine.checkpoint import gib
+    from bench.engine.checkpoint import gib
 
     lines = [f"calibration mix {report.mix.name}: {report.mix.samples} samples x <= {report.mix.seq_len} tokens, "
              f"seed {report.mix.seed}"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from harness.errors import UserError
+from bench.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -399,7 +399,7 @@ def write_streamed(
     The bytes are written by a second thread (:class:`AppendWriter`) while the iterator makes the
     next tensors, so a yielded tensor's memory must not be reused by the iterator afterwards.
     """
-    from harness.engine.append_writer import AppendWriter
+    from bench.engine.append_writer import AppendWriter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan if plan and isinstance(plan[0], Shard) else layout_shards(plan, max_shard_bytes)  # type: ignore[arg-type]

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.engine.checkpoint import Checkpoint, PlannedTensor, gib, predicted_file_bytes
-from harness.engine.fp8 import plan_quantization
-from harness.engine.moe import MoEModel, resolve_if_moe, text_config
-from harness.engine.prune import plan_pruned, uniform_keep, virtual_checkpoint
-from harness.errors import UserError
+from bench.engine.checkpoint import Checkpoint, PlannedTensor, gib, predicted_file_bytes
+from bench.engine.fp8 import plan_quantization
+from bench.engine.moe import MoEModel, resolve_if_moe, text_config
+from bench.engine.prune import plan_pruned, uniform_keep, virtual_checkpoint
+from bench.errors import UserError
 
 GIB = 1 << 30
 SHARD = 4 << 30

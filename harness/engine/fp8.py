@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from harness.engine.checkpoint import (
+from bench.engine.checkpoint import (
     DTYPE_BYTES,
     MAP_WINDOW_BYTES,
     Checkpoint,
@@ -45,9 +45,9 @@ from harness.engine.checkpoint import (
     write_config,
     write_streamed,
 )
-from harness.engine.moe import MoEModel, resolve_if_moe
-from harness.pruning import PRUNING_FILE
-from harness.errors import UserError
+from bench.engine.moe import MoEModel, resolve_if_moe
+from bench.pruning_record import PRUNING_FILE
+from bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -289,7 +289,7 @@ class ChannelQuantizer:
     smallest normal), weights divided, clamped and cast as torch casts to float8_e4m3fn, bit for bit.
 
     Per-expert tensors are small, so the blocks of a whole run of them go to the compiled kernel
-    (:mod:`harness.engine.fp8_kernel`) together.
+    (:mod:`bench.engine.fp8_kernel`) together.
 
     Codes go into buffers reused from call to call: fresh memory costs a page fault per 4 KiB,
     which on a virtual machine took longer than quantizing the page. A buffer is reused only once
@@ -315,7 +315,7 @@ class ChannelQuantizer:
         """Quantize ``source`` (flat; float16, bfloat16 or float32), which holds ``shapes`` back to back."""
         import torch
 
-        from harness.engine.fp8_kernel import quantize_channels, use_threads
+        from bench.engine.fp8_kernel import quantize_channels, use_threads
 
         n = source.numel()
         if n != sum(rows * cols for rows, cols in shapes):

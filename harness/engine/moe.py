@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from harness.engine.checkpoint import Checkpoint
-from harness.errors import UserError
+from bench.engine.checkpoint import Checkpoint
+from bench.errors import UserError
 
 Layout = Literal["per_expert", "fused"]
 

@@ -6,7 +6,7 @@ same way, fused ``[n_experts, ...]`` tensors keep only the kept rows, and the co
 new number of experts. The plan is torch-free so ``bench fit`` can predict pruned sizes exactly;
 the writer then streams each tensor from the source checkpoint.
 
-Scoring (which experts to keep) lives in :mod:`harness.engine.reap`; ``prune_checkpoint`` ties the
+Scoring (which experts to keep) lives in :mod:`bench.engine.reap`; ``prune_checkpoint`` ties the
 two together and writes ``pruning.json`` beside the weights.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.engine.checkpoint import (
+from bench.engine.checkpoint import (
     MAP_WINDOW_BYTES,
     Checkpoint,
     PlannedTensor,
@@ -29,14 +29,14 @@ from harness.engine.checkpoint import (
     write_config,
     write_streamed,
 )
-from harness.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
-from harness.errors import UserError
-from harness.pruning import PRUNING_FILE
+from bench.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
+from bench.errors import UserError
+from bench.pruning_record import PRUNING_FILE
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.engine.calibration import Mix
+    from bench.engine.calibration import Mix
 
 Criterion = Literal["reap", "frequency", "mean-gate", "ean", "random"]
 CRITERIA: tuple[str, ...] = ("reap", "frequency", "mean-gate", "ean", "random")
@@ -196,7 +196,7 @@ class PruneResult:
     record: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        from harness.engine.checkpoint import gib
+        from bench.engine.checkpoint import gib
 
         return (
             f"kept {self.n_experts_after}/{self.n_experts_before} experts per layer "
@@ -249,12 +249,12 @@ def prune_checkpoint(
     Args:
         model_dir: MoE safetensors checkpoint.
         out_dir: output directory (weights, config, tokenizer, chat template, ``pruning.json``).
-        mix: calibration mix (see :func:`harness.engine.calibration.load_mix`).
+        mix: calibration mix (see :func:`bench.engine.calibration.load_mix`).
         options: criterion, ratio, selection and streaming options.
         progress: called with one line per layer.
     """
-    from harness.engine import reap
-    from harness.engine.calibration import build_samples
+    from bench.engine import reap
+    from bench.engine.calibration import build_samples
 
     options.validate()
     started = time.perf_counter()
@@ -306,7 +306,7 @@ def prune_checkpoint(
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / PRUNING_FILE).write_text(json.dumps(record, indent=1) + "\n")
-    from harness.engine.reap import peak_rss_bytes
+    from bench.engine.reap import peak_rss_bytes
 
     return PruneResult(
         out_dir=out_dir,

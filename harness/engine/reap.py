@@ -28,15 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.engine.checkpoint import MAP_WINDOW_BYTES, Checkpoint, TensorReader
-from harness.engine.moe import MoEModel, MoELayer, set_expert_count, text_config
-from harness.errors import UserError
+from bench.engine.checkpoint import MAP_WINDOW_BYTES, Checkpoint, TensorReader
+from bench.engine.moe import MoEModel, MoELayer, set_expert_count, text_config
+from bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from harness.engine.prune import PruneOptions
+    from bench.engine.prune import PruneOptions
 
 
 def peak_rss_bytes() -> int:
@@ -330,7 +330,7 @@ class LayerRunner:
         """The routed experts' stored floating-point dtype, or the compute dtype if it is wider."""
         import torch
 
-        from harness.engine.checkpoint import torch_dtype
+        from bench.engine.checkpoint import torch_dtype
 
         if layer is None or not layer.all_expert_tensors():
             return self.dtype
@@ -432,7 +432,7 @@ def score_experts(
     """Score every expert of every sparse layer; with per-layer selection also choose the kept ones."""
     import torch
 
-    from harness.engine.prune import _renormalization, select_experts
+    from bench.engine.prune import _renormalization, select_experts
 
     started = time.perf_counter()
     per_layer = options.selection == "per-layer"

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.engine.checkpoint import copy_side_files
-from harness.errors import UserError
+from bench.engine.checkpoint import copy_side_files
+from bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.engine.calibration import Mix
-    from harness.engine.reap import ScoringResult
+    from bench.engine.calibration import Mix
+    from bench.engine.reap import ScoringResult
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # router temperatures tried, in units of 1/std(logits)
 # Pull of the refitted down projections toward the dense model's own, relative to the mean
@@ -265,7 +265,7 @@ def build_smollm_moe(
     """Turn a dense Llama-architecture checkpoint into a Qwen2-MoE-architecture MoE in ``out``.
 
     Args:
-        dense_dir: dense checkpoint (e.g. from ``harness.engine.toy.build_smollm``).
+        dense_dir: dense checkpoint (e.g. from ``bench.engine.toy.build_smollm``).
         out: output directory (bf16 safetensors, Qwen2-MoE config, the dense model's tokenizer,
             chat template and generation config).
         n_experts: experts per layer; must divide the MLP intermediate size.
@@ -300,7 +300,7 @@ def build_smollm_moe(
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, Qwen2MoeConfig
 
-    from harness.engine.calibration import build_samples, load_mix
+    from bench.engine.calibration import build_samples, load_mix
 
     started = time.perf_counter()
     dense_dir, out = Path(dense_dir), Path(out)
@@ -484,7 +484,7 @@ class LossMeter:
                          seed: int = 0, invert: bool = False) -> torch.Tensor:
         """``token_losses`` with every layer keeping the ``keep`` experts ``criterion`` rates highest in
         ``scoring`` (lowest with ``invert``: the mirror image that a saliency criterion must beat)."""
-        from harness.engine.prune import select_experts
+        from bench.engine.prune import select_experts
 
         scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}
         if invert:

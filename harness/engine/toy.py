@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.engine.toy_scripted import CASES, Case, scripted_reply
-from harness.errors import UserError
+from bench.engine.toy_scripted import CASES, Case, scripted_reply
+from bench.errors import UserError
 
 __all__ = ["CASES", "Case", "build_scripted", "build_smollm", "build_smollm_moe", "is_built", "scripted_reply"]
 
@@ -52,7 +52,7 @@ def build_scripted(out: Path) -> Path:
     _require(["torch", "safetensors", "tokenizers"], "the scripted model")
 
     def write(directory: Path) -> None:
-        from harness.engine.toy_scripted import write_scripted
+        from bench.engine.toy_scripted import write_scripted
 
         write_scripted(directory)
 
@@ -89,7 +89,7 @@ def build_smollm_moe(out: Path, *, data_dir: Path | str | None = None,
     gguf_path = _smollm_gguf_path()
 
     def write(directory: Path) -> None:
-        from harness.engine.smollm_moe import build_smollm_moe as convert
+        from bench.engine.smollm_moe import build_smollm_moe as convert
 
         with tempfile.TemporaryDirectory(prefix=".smollm-dense-", dir=directory.parent) as scratch:
             dense = Path(scratch) / "dense"

@@ -1,19 +1,20 @@
-"""JSON Schemas of the run directory files, generated from the pydantic models in harness.records.
+"""JSON Schemas of the run directory files, generated from the pydantic models in bench.run.records.
 
-The checked-in ``*.schema.json`` files are what other tools read; ``python -m harness.schemas``
+The checked-in ``*.schema.json`` files are what other tools read; ``python -m bench.schemas``
 regenerates them and a test fails when they drift from the models.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from harness.records import ItemRecord, Manifest, Results
+from bench.run.records import ItemRecord, Manifest, Results
 
 HERE = Path(__file__).parent
 MODELS = {"manifest": Manifest, "item": ItemRecord, "results": Results}
@@ -31,7 +32,8 @@ def path_of(name: str) -> Path:
 
 @cache
 def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(path_of(name).read_text(encoding="utf-8")))
+    text = resources.files(__name__).joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+    return Draft202012Validator(json.loads(text))
 
 
 def write_all() -> None:

@@ -1,3 +1,3 @@
-from harness.schemas import write_all
+from bench.schemas import write_all
 
 write_all()

@@ -1,5 +1,5 @@
 """Bug finding: name the one buggy line of a short program (or say there is none) and fix it."""
 
-from packs.bugfind.pack import BugFindPack
+from bench.packs.bugfind.pack import BugFindPack
 
 __all__ = ["BugFindPack"]

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.sandbox import SandboxResult, run_python
+from bench.sandbox import SandboxResult, run_python
 
 _RUNNER = r'''
 import contextlib, io, json, os, signal, sys

@@ -1,7 +1,7 @@
 """The bugfind pack: short programs with one planted bug or none.
 
 The model names the buggy line and returns the whole fixed program, or says there is no bug.
-The fix is run against hidden tests in :mod:`harness.sandbox` (Python) or checked statically
+The fix is run against hidden tests in :mod:`bench.sandbox` (Python) or checked statically
 (other languages). Items live in ``items.jsonl`` beside this module and are validated against
 ``item.schema.json`` when they load.
 """
@@ -14,10 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
-from harness.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
-from harness.transcript import Transcript
-from packs.bugfind import scoring
+from bench.errors import UserError
+from bench.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
+from bench.transcript import Transcript
+from bench.packs.bugfind import scoring
 
 ITEMS_PATH = Path(__file__).with_name("items.jsonl")
 SCHEMA_PATH = Path(__file__).with_name("item.schema.json")

@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.pack import Score
-from packs.bugfind.extract import Answer, extract_answer
-from packs.bugfind.hidden import FixVerdict, check_static_fix, run_hidden_tests
+from bench.pack import Score
+from bench.packs.bugfind.extract import Answer, extract_answer
+from bench.packs.bugfind.hidden import FixVerdict, check_static_fix, run_hidden_tests
 
 
 def format_value(answer: Answer) -> float:

@@ -1,6 +1,6 @@
 """Load and check the pack's items: the file must be right before any model is asked.
 
-Beyond the item schema (``item_schema.json``), each item's own answer schema must be a valid
+Beyond the item schema (``item.schema.json``), each item's own answer schema must be a valid
 JSON Schema, its expected answer must follow that schema, and every compare rule must name a
 field the schema has. A mistake in any of these would otherwise surface as a model "failing"
 an item that cannot be passed.
@@ -16,11 +16,11 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from harness.errors import UserError
-from harness.pack import Item, load_jsonl_items
+from bench.errors import UserError
+from bench.pack import Item, load_jsonl_items
 
 ITEMS_PATH = Path(__file__).with_name("items.jsonl")
-ITEM_SCHEMA_PATH = Path(__file__).with_name("item_schema.json")
+ITEM_SCHEMA_PATH = Path(__file__).with_name("item.schema.json")
 
 
 @cache

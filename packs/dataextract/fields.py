@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from packs.dataextract.normalize import is_blank, kind_of, show, values_equal
+from bench.packs.dataextract.normalize import is_blank, kind_of, show, values_equal
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.pack import Item, Pack, Sampling, Score, Tier, select_tier, unscorable
-from harness.transcript import Transcript
-from packs.dataextract.data import ITEMS_PATH, load_items
-from packs.dataextract.scorer import aggregate_by_kind, score_reply
+from bench.pack import Item, Pack, Sampling, Score, Tier, select_tier, unscorable
+from bench.transcript import Transcript
+from bench.packs.dataextract.data import ITEMS_PATH, load_items
+from bench.packs.dataextract.scoring import aggregate_by_kind, score_reply
 
 PROMPT = """Extract data from the document below into one JSON object that follows the JSON Schema.
 - Use null for every field the document does not state. Do not guess or invent values.

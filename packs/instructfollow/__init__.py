@@ -1,5 +1,5 @@
 """Instruction following: prompts with verifiable instructions, scored strict and loose."""
 
-from packs.instructfollow.pack import InstructFollowPack
+from bench.packs.instructfollow.pack import InstructFollowPack
 
 __all__ = ["InstructFollowPack"]

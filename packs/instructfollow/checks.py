@@ -8,7 +8,7 @@ observed, so that a failure can say why ("2 commas", "143 words").
 
 Matching rules, stated once: keywords and phrases match case-insensitively and as whole words
 (a keyword is not found inside a longer word); counts of words and sentences follow
-``packs.instructfollow.text``.
+``bench.packs.instructfollow.text``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from packs.instructfollow import text as txt
+from bench.packs.instructfollow import text as txt
 
 Relation = Literal["at_least", "at_most", "exactly"]
 RELATIONS: tuple[Relation, ...] = ("at_least", "at_most", "exactly")

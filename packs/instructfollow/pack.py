@@ -3,7 +3,7 @@
 Each item is a prompt plus its instructions declared as data; the score is the fraction of
 instructions the reply follows, checked by pure functions (``checks``), strictly and loosely
 (``scoring``). Items live in ``items.jsonl`` beside this module, validated against
-``item_schema.json`` on load.
+``item.schema.json`` on load.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
-from harness.transcript import Transcript
-from packs.instructfollow import scoring
-from packs.instructfollow.checks import FAMILIES
-from packs.instructfollow.schema import load_item_schema
+from bench.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
+from bench.transcript import Transcript
+from bench.packs.instructfollow import scoring
+from bench.packs.instructfollow.checks import FAMILIES
+from bench.packs.instructfollow.schema import load_item_schema
 
 ITEMS_PATH = Path(__file__).with_name("items.jsonl")
 

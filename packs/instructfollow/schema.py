@@ -1,8 +1,8 @@
 """The JSON Schema of an instructfollow item's ``data``, built from the table of kinds.
 
 The schema is generated from ``checks.KINDS`` so kinds and their args are declared once; the
-checked-in ``item_schema.json`` is that output (regenerate with ``python -c "from
-packs.instructfollow.schema import write_item_schema; write_item_schema()"``; a test keeps the
+checked-in ``item.schema.json`` is that output (regenerate with ``python -c "from
+bench.packs.instructfollow.schema import write_item_schema; write_item_schema()"``; a test keeps the
 two equal). An unknown kind, a kind
 filed under the wrong family, or args that do not fit the kind are rejected when items load.
 """
@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from packs.instructfollow.checks import FAMILIES, KINDS
+from bench.packs.instructfollow.checks import FAMILIES, KINDS
 
-SCHEMA_PATH = Path(__file__).with_name("item_schema.json")
+SCHEMA_PATH = Path(__file__).with_name("item.schema.json")
 MAX_INSTRUCTIONS = 3
 
 
@@ -66,6 +66,6 @@ def load_item_schema() -> dict[str, Any]:
 
 
 def write_item_schema() -> Path:
-    """Regenerate ``item_schema.json`` from the table of kinds."""
+    """Regenerate ``item.schema.json`` from the table of kinds."""
     SCHEMA_PATH.write_text(json.dumps(build_item_schema(), indent=2) + "\n", encoding="utf-8")
     return SCHEMA_PATH

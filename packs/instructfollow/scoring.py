@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.pack import Score
-from packs.instructfollow import checks
-from packs.instructfollow.text import loose_variants
+from bench.pack import Score
+from bench.packs.instructfollow import checks
+from bench.packs.instructfollow.text import loose_variants
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """MMLU pack: 57-subject multiple choice through a chat prompt, scored by letter extraction."""
 
-from packs.mmlu._extract import Extraction, extract_letter
-from packs.mmlu._pack import MMLUPack, quick_selection
-from packs.mmlu._stratify import stratified
-from packs.mmlu._subjects import CATEGORIES, CATEGORY_OF
+from bench.packs.mmlu.scoring import Extraction, extract_letter
+from bench.packs.mmlu.pack import MMLUPack, quick_selection
+from bench.packs.mmlu.stratify import stratified
+from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF
 
 __all__ = ["CATEGORIES", "CATEGORY_OF", "Extraction", "MMLUPack", "extract_letter", "quick_selection", "stratified"]

@@ -1,6 +1,6 @@
 """Tool calling through the OpenAI ``tools`` API: which tool, which arguments, when not to call,
 and using a tool's result in the next step."""
 
-from packs.toolcall.pack import ToolCallPack
+from bench.packs.toolcall.pack import ToolCallPack
 
 __all__ = ["ToolCallPack"]

@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from harness.errors import UserError
-from harness.pack import Item, load_jsonl_items
-from packs.toolcall.matchers import KINDS, Matcher, parse_iso
+from bench.errors import UserError
+from bench.pack import Item, load_jsonl_items
+from bench.packs.toolcall.matchers import KINDS, Matcher, parse_iso
 
 PACK_DIR = Path(__file__).parent
 ITEMS_PATH = PACK_DIR / "items.jsonl"

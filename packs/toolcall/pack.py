@@ -14,12 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.pack import Item, Pack, Sampling, Score, Tier, select_tier
-from harness.session import Session
-from harness.transcript import Transcript
-from packs.toolcall.data import ITEM_SCHEMA_PATH, ITEMS_PATH, TOOLS_PATH, TOOLS_SCHEMA_PATH, Catalog, load_catalog, load_items
-from packs.toolcall.mock import mock_result
-from packs.toolcall.scorer import score_transcript
+from bench.pack import Item, Pack, Sampling, Score, Tier, select_tier
+from bench.run.session import Session
+from bench.transcript import Transcript
+from bench.packs.toolcall.data import ITEM_SCHEMA_PATH, ITEMS_PATH, TOOLS_PATH, TOOLS_SCHEMA_PATH, Catalog, load_catalog, load_items
+from bench.packs.toolcall.mock import mock_result
+from bench.packs.toolcall.scoring import score_transcript
 
 # Items with relative dates ("next Friday") are written against this day.
 DEFAULT_SYSTEM = "You are a helpful assistant. Today is Wednesday, 12 March 2025."

@@ -1,0 +1,1 @@
+"""Gate specs and candidate plans shipped with bench (package data); users' own baselines live elsewhere."""

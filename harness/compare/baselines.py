@@ -1,0 +1,59 @@
+"""Stored baselines: a run's results, manifest and item scores kept under ``baselines/NAME/``.
+
+A baseline is a run directory minus what a comparison never reads (server logs, caches), so the
+gate and the report open it exactly like a run. items.jsonl is kept because pairing candidate
+and baseline item by item needs every item's score.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.compare.rundata import load_run
+from bench.run.store import ITEMS, MANIFEST, RESULTS
+
+BASELINES_DIR = Path("baselines")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STORED_FILES = (MANIFEST, RESULTS, ITEMS)
+
+
+def save_baseline(run: Path, name: str, *, baselines_dir: Path = BASELINES_DIR, overwrite: bool = False) -> Path:
+    """Copy a finished run's manifest, results and items under ``baselines_dir/name``.
+
+    The run is read (and schema-checked) first, so a broken run never becomes a baseline.
+    An invalid run may be stored (it is evidence), but the gate will refuse to compare with it.
+    """
+    if not _NAME.match(name):
+        raise UserError(f"baseline name {name!r} is not usable as a folder name: use letters, digits, '.', '_' or '-'")
+    loaded = load_run(run)
+    if not loaded.has_items:
+        raise UserError(f"{run} has no items.jsonl: a baseline needs item scores so candidates can be paired with it")
+    target = baselines_dir / name
+    if target.exists() and not overwrite:
+        raise UserError(f"baseline {target} already exists: pick another name or pass --overwrite")
+    staging = baselines_dir / f".{name}.saving"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for filename in STORED_FILES:
+        shutil.copy2(run / filename, staging / filename)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def resolve_run(reference: str, *, baselines_dir: Path = BASELINES_DIR) -> Path:
+    """A run directory path, or the name of a stored baseline under ``baselines_dir``."""
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    named = baselines_dir / reference
+    if named.is_dir():
+        return named
+    stored = sorted(p.name for p in baselines_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if baselines_dir.is_dir() else []
+    hint = f"stored: {', '.join(stored)}" if stored else ""
+    raise UserError(f"{reference} is neither a run directory nor a baseline in {baselines_dir}/ ({hint.strip() or 'none stored'})")

@@ -1,0 +1,135 @@
+"""A finished run directory read for comparison: manifest, results and per-item scores.
+
+The gate and the report need every item's score (to pair runs item by item) but only a few
+items' transcripts (the drill-down). Validating 10,000 full transcripts costs seconds, so items
+are read through a narrow view holding just the scored fields; full records are parsed only for
+the items a report shows. manifest.json and results.json go through the store's schema checks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bench import stats
+from bench.errors import UserError
+from bench.pack import Score
+from bench.run.records import Flags, ItemRecord, Manifest, Results
+from bench.run.store import ITEMS, RESULTS, RunStore
+
+# An item whose request failed counts as a zero, as in results.json (bench.run.aggregate).
+UNSCORED_VALUE = 0.0
+OVERALL_MEASURES = ("score", "pass_rate")
+
+
+class ScoredItem(BaseModel):
+    """The fields of one items.jsonl line that scoring comparisons read."""
+
+    model_config = ConfigDict(extra="ignore")
+    line: int = 0  # line number in items.jsonl, to fetch the full record later without a rescan
+    pack: str
+    item_id: str
+    repeat: int = 0
+    seed: int | None = None
+    score: Score | None = None
+    error: str | None = None
+    flags: Flags = Flags()
+    elapsed_s: float = 0.0
+
+    def value(self, measure: str) -> float | None:
+        """The item's value for ``score``, ``pass_rate`` or a subdimension (None: not applicable)."""
+        if measure == "score":
+            return self.score.value if self.score else UNSCORED_VALUE
+        if measure == "pass_rate":
+            return float(self.score.passed) if self.score else UNSCORED_VALUE
+        return self.score.subscores.get(measure) if self.score else None
+
+
+@dataclass
+class RunData:
+    """One run directory, loaded."""
+
+    path: Path
+    manifest: Manifest
+    results: Results
+    items: list[ScoredItem] = field(default_factory=list)
+    has_items: bool = False
+    _folded_cache: dict[tuple[str, str], stats.FoldedScores] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.results.run_id
+
+    @cached_property
+    def _by_pack(self) -> dict[str, list[ScoredItem]]:
+        grouped: dict[str, list[ScoredItem]] = defaultdict(list)
+        for item in self.items:
+            grouped[item.pack].append(item)
+        return grouped
+
+    def pack_items(self, pack: str) -> list[ScoredItem]:
+        return self._by_pack.get(pack, [])
+
+    def folded(self, pack: str, measure: str) -> stats.FoldedScores:
+        """Per-item values of one measure, repeats averaged (see :func:`bench.stats.fold_repeats`)."""
+        key = (pack, measure)
+        if key not in self._folded_cache:
+            pairs = ((item.item_id, item.value(measure)) for item in self.pack_items(pack))
+            self._folded_cache[key] = stats.fold_repeats((i, v) for i, v in pairs if v is not None)
+        return self._folded_cache[key]
+
+    def full_records(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[ItemRecord]]:
+        """Full records (transcripts included) of the (pack, item_id) pairs asked for, by repeat."""
+        wanted_set = set(wanted)
+        found: dict[tuple[str, str], list[ItemRecord]] = defaultdict(list)
+        if not wanted_set or not self.has_items:
+            return found
+        numbers = {item.line: (item.pack, item.item_id) for item in self.items if (item.pack, item.item_id) in wanted_set}
+        for lineno, line in _lines(self.path / ITEMS):
+            if lineno in numbers:
+                found[numbers[lineno]].append(ItemRecord.model_validate_json(line))
+        for records in found.values():
+            records.sort(key=lambda record: record.repeat)
+        return found
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    with path.open(encoding="utf-8") as handle:
+        lines = handle.readlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not line.endswith("\n") and lineno == len(lines):
+            break  # a torn final write from a killed run, as the store skips it
+        yield lineno, line
+
+
+def _parse_view(line: str, path: Path, lineno: int) -> ScoredItem:
+    try:
+        view = ScoredItem.model_validate_json(line)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(line)"
+        raise UserError(f"{path}:{lineno}: field {where}: {first['msg']}") from exc
+    view.line = lineno
+    return view
+
+
+def load_run(path: Path, *, with_items: bool = True) -> RunData:
+    """Read a run (or stored baseline) directory; a missing or broken file is a UserError."""
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory: pass a run directory (with manifest.json and results.json)")
+    store = RunStore.open(path)
+    if not store.has_results():
+        raise UserError(f"{path} has no {RESULTS}: the run has not finished; resume it or rescore it first")
+    run = RunData(path=path, manifest=store.read_manifest(), results=store.read_results())
+    items_path = path / ITEMS
+    if with_items and items_path.is_file():
+        run.items = [_parse_view(line, items_path, lineno) for lineno, line in _lines(items_path)]
+        run.has_items = True
+    return run

@@ -1,0 +1,598 @@
+"""`bench report`: one self-contained HTML page comparing runs, and showing why they differ.
+
+The first run is the reference: deltas are the other runs minus it, paired item by item where
+both runs kept item scores. Tables are shaped with pandas and rendered through its Styler with
+HTML escaping; charts are inline SVG from :mod:`bench.report.charts`; the page is a Jinja2 template
+with autoescape and a Content-Security-Policy that forbids scripts and any network fetch, so
+model output (untrusted) can only ever appear as text.
+
+Two sections appear only when there is something to show: the candidates of a ``bench candidate``
+loop (size versus score, handed over as :class:`~bench.report.candidates.CandidateTable`), and
+the expert heatmaps of every pruned checkpoint whose ``pruning.json`` is on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from markupsafe import Markup
+from pandas.io.formats.style import Styler
+
+from bench import __version__ as bench_version
+from bench import stats
+from bench.report import charts
+from bench.errors import UserError
+from bench.compare.gate import GateResult, load_gate_result, stack_settings
+from bench.report.templates import template_environment
+from bench.pruning_record import pruning_beside
+from bench.run.records import Interval, ItemRecord, Manifest
+from bench.report.candidates import (
+    CandidateTable,
+    ExpertMaps,
+    candidate_frame,
+    candidate_scatter,
+    expert_maps,
+    pruning_sources,
+    verdict_text,
+)
+from bench.compare.rundata import RunData, load_run
+
+TEXT_LIMIT = 3000  # characters of one content/reasoning/request cell before it is cut
+OPEN_ITEMS = 3  # drill-down entries shown expanded
+_RANK = {"regressed": 0, "improved": 1, "changed": 2, "unpaired": 3, "failed": 4, "same": 5, "passed": 5}
+_HEALTH_FIELDS = ("responses", "truncated", "leaked_markers", "unclosed_think", "null_content", "empty", "errors")
+_BAD_HEALTH = frozenset({"leaked_markers", "unclosed_think", "errors"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _styled(frame: pd.DataFrame, name: str, classes: pd.DataFrame | None = None, precision: int = 3) -> Markup:
+    """Render a DataFrame as an HTML table with every value and label HTML-escaped."""
+    styler = (
+        Styler(frame, uuid=name, cell_ids=False)  # table id "T_<name>"
+        .format(escape="html", na_rep="-", precision=precision)
+        .format_index(escape="html", axis=0)
+        .format_index(escape="html", axis=1)
+        .set_table_attributes('class="data"')
+    )
+    if classes is not None:
+        styler = styler.set_td_classes(classes.reindex(index=frame.index, columns=frame.columns).astype(object).fillna(""))
+    return Markup(styler.to_html(doctype_html=False))  # noqa: S704 - Styler escaped every cell above
+
+
+def _labels(runs: Sequence[RunData]) -> list[str]:
+    """Column labels: run ids, made unique when two runs share one (a run and its stored baseline)."""
+    labels: list[str] = []
+    for run in runs:
+        label, suffix = run.run_id, 2
+        while label in labels:
+            label, suffix = f"{run.run_id} #{suffix}", suffix + 1
+        labels.append(label)
+    return labels
+
+
+def _fmt_interval(interval: Interval | None) -> str:
+    if interval is None or interval.mean is None:
+        return "-"
+    span = f" [{interval.low:.3f}, {interval.high:.3f}]" if interval.low is not None and interval.high is not None else ""
+    return f"{interval.mean:.3f}{span} n={interval.n}"
+
+
+def _fmt_delta(comparison: stats.PairedComparison | None, fallback: float | None) -> tuple[str, str]:
+    """A delta cell and its CSS class: paired difference with interval, or a plain difference."""
+    if comparison is None or comparison.difference is None:
+        if fallback is None:
+            return "-", ""
+        return f"{fallback:+.3f} (unpaired)", ""
+    text = f"{comparison.difference:+.3f}"
+    if comparison.low is not None and comparison.high is not None:
+        text += f" [{comparison.low:+.3f}, {comparison.high:+.3f}]"
+    if comparison.p_value is not None:
+        text += f" p={comparison.p_value:.2g}"
+    css = ""
+    if comparison.high is not None and comparison.high < 0:
+        css = "worse"
+    elif comparison.low is not None and comparison.low > 0:
+        css = "better"
+    return text, css
+
+
+def _pack_names(runs: Sequence[RunData]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        names += [name for name in run.results.packs if name not in names]
+    return names
+
+
+def _compare(reference: RunData, other: RunData, pack: str, measure: str, confidence: float) -> stats.PairedComparison | None:
+    if not (reference.has_items and other.has_items) or pack not in reference.results.packs or pack not in other.results.packs:
+        return None
+    return stats.compare_paired(reference.folded(pack, measure).values, other.folded(pack, measure).values, confidence)
+
+
+def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pack x run: score and pass rate with intervals, and paired deltas versus the first run."""
+    reference = runs[0]
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    classes: dict[tuple[str, str], dict[str, str]] = {}
+    for pack in _pack_names(runs):
+        for measure, label in (("score", "score"), ("pass_rate", "pass rate")):
+            row: dict[str, str] = {}
+            css: dict[str, str] = {}
+            ref_result = reference.results.packs.get(pack)
+            ref_interval = getattr(ref_result, measure) if ref_result else None
+            for run, run_label in zip(runs, labels, strict=True):
+                result = run.results.packs.get(pack)
+                interval = getattr(result, measure) if result else None
+                row[run_label] = _fmt_interval(interval)
+                if run is reference:
+                    continue
+                fallback = None
+                if interval is not None and ref_interval is not None and interval.mean is not None and ref_interval.mean is not None:
+                    fallback = interval.mean - ref_interval.mean
+                comparison = _compare(reference, run, pack, measure, run.results.confidence)
+                column = f"Δ {run_label}"
+                row[column], css[column] = _fmt_delta(comparison, fallback)
+            rows[(pack, label)] = row
+            classes[(pack, label)] = css
+        spreads = [run.results.packs[pack].repeat_spread if pack in run.results.packs else None for run in runs]
+        if any(spread is not None for spread in spreads):
+            # How much repeats of one item disagreed: the noise a single run would have carried.
+            rows[(pack, "repeat spread")] = {label: f"{spread:.3f}" if spread is not None else "-" for label, spread in zip(labels, spreads, strict=True)}
+            classes[(pack, "repeat spread")] = {}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(list(rows), names=["pack", "measure"])
+    class_frame = pd.DataFrame.from_dict(classes, orient="index").reindex(index=list(rows))
+    class_frame.index = frame.index
+    return frame, class_frame
+
+
+def subdimension_frame(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
+    """Long frame: one row per (pack, subdimension, run) with mean, interval and n."""
+    records = []
+    for run, label in zip(runs, labels, strict=True):
+        for pack, result in run.results.packs.items():
+            for sub, interval in result.subdimensions.items():
+                records.append({"pack": pack, "subdimension": sub, "run": label, "mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n})
+    return pd.DataFrame.from_records(records, columns=["pack", "subdimension", "run", "mean", "low", "high", "n"])
+
+
+def _pivot_means(long: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    if long.empty:
+        return pd.DataFrame()
+    long = long.assign(row=long["pack"] + " / " + long["subdimension"])
+    order = list(dict.fromkeys(long["row"]))
+    wide = long.pivot_table(index="row", columns="run", values="mean", aggfunc="first", dropna=False)
+    return wide.reindex(index=order, columns=[label for label in labels if label in wide.columns]).astype(float)
+
+
+def _subdimension_table(long: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    if long.empty:
+        return pd.DataFrame()
+    long = long.assign(
+        cell=[_fmt_interval(Interval(mean=m, low=lo, high=hi, n=int(n))) if m is not None and not _nan(m) else "-" for m, lo, hi, n in zip(long["mean"], long["low"], long["high"], long["n"], strict=True)]
+    )
+    wide = long.pivot_table(index=["pack", "subdimension"], columns="run", values="cell", aggfunc="first")
+    order = list(dict.fromkeys(zip(long["pack"], long["subdimension"], strict=True)))
+    return wide.reindex(index=pd.MultiIndex.from_tuples(order, names=["pack", "subdimension"]), columns=[label for label in labels if label in wide.columns])
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _category_source(extra: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
+    """Per-category figures from a pack's ``extra``: the first mapping of name -> number or
+    {mean|accuracy|score}, with the key it was found under (e.g. MMLU's ``subjects``)."""
+    for key, value in extra.items():
+        if not isinstance(value, Mapping) or not value:
+            continue
+        out: dict[str, float] = {}
+        for name, entry in value.items():
+            if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+                out[str(name)] = float(entry)
+            elif isinstance(entry, Mapping):
+                for figure in ("mean", "accuracy", "score"):
+                    if isinstance(entry.get(figure), (int, float)):
+                        out[str(name)] = float(entry[figure])
+                        break
+        if out:
+            return str(key), out
+    return "", {}
+
+
+def category_table(runs: Sequence[RunData], labels: Sequence[str], pack: str) -> tuple[str, pd.DataFrame]:
+    """The pack's own per-category figures (e.g. MMLU per subject), one column per run plus deltas;
+    and the name the pack gave them."""
+    columns: dict[str, dict[str, float]] = {}
+    name = ""
+    for run, label in zip(runs, labels, strict=True):
+        result = run.results.packs.get(pack)
+        if result is not None:
+            key, source = _category_source(result.extra)
+            if source:
+                name = name or key
+                columns[label] = source
+    if not columns:
+        return "", pd.DataFrame()
+    frame = pd.DataFrame(columns).sort_index()
+    first = labels[0]
+    if first in frame.columns:
+        for label in frame.columns[1:]:
+            frame[f"Δ {label}"] = frame[label] - frame[first]
+    frame.index.name = name.replace("_", " ")
+    return name, frame
+
+
+def timing_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for run, label in zip(runs, labels, strict=True):
+        for pack, result in run.results.packs.items():
+            timing = result.timing
+            rows.append(
+                {
+                    "run": label, "pack": pack, "items": result.n,
+                    "latency p50 (s)": timing.latency_p50_s, "latency p95 (s)": timing.latency_p95_s,
+                    "prompt tokens": timing.prompt_tokens, "completion tokens": timing.completion_tokens,
+                    "reasoning tokens": timing.reasoning_tokens,
+                    "completion tokens / item": timing.completion_tokens / result.n if result.n else None,
+                }  # fmt: skip
+            )
+    return pd.DataFrame(rows).set_index(["run", "pack"]) if rows else pd.DataFrame()
+
+
+def health_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    for run, label in zip(runs, labels, strict=True):
+        for pack, result in run.results.packs.items():
+            rows[(label, pack)] = {name: getattr(result.health, name) for name in _HEALTH_FIELDS}
+        rows[(label, "(all)")] = {name: getattr(run.results.health, name) for name in _HEALTH_FIELDS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(list(rows), names=["run", "pack"])
+    classes = frame.apply(
+        lambda column: column.map(lambda v: ("bad" if column.name in _BAD_HEALTH else "warn") if v else "")
+    )
+    classes.loc[:, "responses"] = ""
+    return frame, classes
+
+
+def stack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Serving settings per run; rows whose values differ are marked and listed."""
+    per_run = [stack_settings(run.manifest) for run in runs]
+    keys = list(dict.fromkeys(key for settings in per_run for key in settings))
+    frame = pd.DataFrame({label: [s.get(key, "-") for key in keys] for label, s in zip(labels, per_run, strict=True)}, index=keys)
+    frame.index.name = "setting"
+    differing = [key for key in keys if key != "model" and frame.loc[key].nunique() > 1]
+    classes = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    classes.loc[differing, :] = "diff"
+    return frame, classes, differing
+
+
+# ---------------------------------------------------------------------------------------------
+# Drill-down
+
+
+@dataclass
+class ExchangeView:
+    request: str
+    content: str
+    reasoning: str
+    tool_calls: str
+    finish: str
+
+
+@dataclass
+class CellView:
+    present: bool
+    value: float | None = None
+    passed: bool | None = None
+    status: str = ""
+    reason: str = ""
+    repeats: list[float] = field(default_factory=list)
+    exchanges: list[ExchangeView] = field(default_factory=list)
+
+
+@dataclass
+class DrillItem:
+    pack: str
+    item_id: str
+    category: str
+    values: list[float | None]
+    cells: list[CellView] = field(default_factory=list)
+    shared_requests: list[str | None] = field(default_factory=list)  # per turn: one request for all runs, or None
+
+
+def _cut(text: str | None) -> str:
+    if not text:
+        return ""
+    if len(text) <= TEXT_LIMIT:
+        return text
+    return f"{text[:TEXT_LIMIT]}\n… ({len(text) - TEXT_LIMIT} more characters in items.jsonl)"
+
+
+def _request_text(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> str:
+    lines = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", part)) if isinstance(part, Mapping) else str(part) for part in content)
+        role = message.get("role", "?")
+        if message.get("tool_calls"):
+            calls = ", ".join(str(call.get("function", {}).get("name", "?")) for call in message["tool_calls"])
+            content = f"{content or ''} [tool calls: {calls}]".strip()
+        lines.append(f"{role}: {content if content is not None else ''}")
+    if tools:
+        names = [str(tool.get("function", {}).get("name", "?")) for tool in tools]
+        lines.append(f"[tools offered: {', '.join(names)}]")
+    return _cut("\n".join(lines))
+
+
+def _cell(records: list[ItemRecord]) -> CellView:
+    if not records:
+        return CellView(present=False)
+    first = records[0]
+    score = first.score
+    exchanges = [
+        ExchangeView(
+            request=_request_text(ex.request.messages, ex.request.tools),
+            content=_cut(ex.response.content) if ex.response.content is not None else "(null)",
+            reasoning=_cut(ex.response.reasoning),
+            tool_calls=_cut("\n".join(f"{call.name}({call.arguments})" for call in ex.response.tool_calls)),
+            finish=f"{ex.response.finish_reason or '-'}, {ex.response.latency_s:.2f} s, {ex.response.usage.completion_tokens} tokens",
+        )
+        for ex in first.transcript.exchanges
+    ]
+    return CellView(
+        present=True,
+        value=score.value if score else None,
+        passed=score.passed if score else None,
+        status=score.status if score else "error",
+        reason=_cut((score.reason if score else "") or (first.error or "")),
+        repeats=[r.score.value if r.score else 0.0 for r in records] if len(records) > 1 else [],
+        exchanges=exchanges,
+    )
+
+
+def _statuses(run: RunData, pack: str) -> dict[str, tuple[str, ...]]:
+    """Each item's score statuses over its repeats ("error" for an unscored item)."""
+    found: dict[str, list[str]] = {}
+    for item in run.pack_items(pack):
+        found.setdefault(item.item_id, []).append(item.score.status if item.score else "error")
+    return {item_id: tuple(sorted(values)) for item_id, values in found.items()}
+
+
+def _categorise(runs: Sequence[RunData]) -> list[tuple[tuple[int, float, str, str], str, str, str, list[float | None]]]:
+    """Every (pack, item) with its category versus the first run and its score per run."""
+    entries = []
+    for pack in _pack_names(runs):
+        passes = [run.folded(pack, "pass_rate").values for run in runs]
+        scores = [run.folded(pack, "score").values for run in runs]
+        # A status change (scored -> truncated, say) is a change worth reading even at equal scores.
+        statuses = [_statuses(run, pack) for run in runs]
+        item_ids = sorted(set().union(*[set(p) for p in passes]))
+        for item_id in item_ids:
+            run_passes = [p.get(item_id) for p in passes]
+            run_scores = [s.get(item_id) for s in scores]
+            ref = run_passes[0]
+            others = [v for v in run_passes[1:] if v is not None]
+            if len(runs) == 1:
+                category = "passed" if ref == 1.0 else "failed"
+            elif ref is None or len(others) < len(runs) - 1:
+                category = "unpaired"
+            elif any(v < ref for v in others):
+                category = "regressed"
+            elif any(v > ref for v in others):
+                category = "improved"
+            elif len(set(run_scores)) > 1 or len({st.get(item_id) for st in statuses}) > 1:
+                category = "changed"
+            else:
+                category = "same"
+            present = [s for s in run_scores if s is not None]
+            swing = max(present) - min(present) if present else 0.0
+            entries.append(((_RANK[category], -swing, pack, item_id), category, pack, item_id, run_scores))
+    entries.sort(key=lambda entry: entry[0])
+    return entries
+
+
+def drilldown(runs: Sequence[RunData], max_items: int) -> tuple[list[DrillItem], pd.DataFrame]:
+    """Items to show, flipped first, with their full transcripts; and the count per category."""
+    entries = _categorise(runs)
+    counts = pd.DataFrame([(pack, category) for _, category, pack, _, _ in entries], columns=["pack", "category"])
+    summary = counts.groupby(["pack", "category"]).size().unstack(fill_value=0) if not counts.empty else pd.DataFrame()
+    if not summary.empty:
+        summary = summary[[c for c in sorted(summary.columns, key=lambda c: _RANK[c])]]
+    chosen = entries[:max_items]
+    keys = [(pack, item_id) for _, _, pack, item_id, _ in chosen]
+    per_run = [run.full_records(keys) for run in runs]
+    items: list[DrillItem] = []
+    for _, category, pack, item_id, values in chosen:
+        cells = [_cell(records.get((pack, item_id), [])) for records in per_run]
+        turns = max((len(cell.exchanges) for cell in cells), default=0)
+        shared: list[str | None] = []
+        for turn in range(turns):
+            texts = {cell.exchanges[turn].request for cell in cells if cell.present and turn < len(cell.exchanges)}
+            shared.append(texts.pop() if len(texts) == 1 else None)
+        items.append(DrillItem(pack=pack, item_id=item_id, category=category, values=values, cells=cells, shared_requests=shared))
+    return items, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts
+
+
+def _subdimension_charts(long: pd.DataFrame, labels: Sequence[str]) -> list[Markup]:
+    means = _pivot_means(long, labels)
+    if means.empty:
+        return []
+    out = [charts.heatmap(means, title="Subdimension means", salt="subdimension-means")]
+    if means.shape[1] > 1:
+        deltas = means.iloc[:, 1:].sub(means.iloc[:, 0], axis=0)
+        deltas.columns = [f"{column} − {means.columns[0]}" for column in deltas.columns]
+        out.append(charts.heatmap(deltas, title="Change vs the first run", salt="subdimension-deltas", diverging=True, value_format="{:+.2f}"))
+    return out
+
+
+def _category_chart(runs: Sequence[RunData], labels: Sequence[str], pack: str) -> Markup | None:
+    results = [run.results.packs.get(pack) for run in runs]
+    categories = list(dict.fromkeys(sub for result in results if result for sub in result.subdimensions))
+    if not categories:
+        return None
+    series = {}
+    for result, label in zip(results, labels, strict=True):
+        if result is None:
+            continue
+        intervals = [result.subdimensions.get(sub) for sub in categories]
+        series[label] = (
+            [i.mean if i and i.mean is not None else math.nan for i in intervals],
+            [i.low if i and i.low is not None else math.nan for i in intervals],
+            [i.high if i and i.high is not None else math.nan for i in intervals],
+        )
+    return charts.grouped_bars(categories, series, title=f"{pack} by category", salt=f"{pack}-categories", ylabel="accuracy")
+
+
+def _latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Markup | None:
+    groups: dict[str, dict[str, list[float]]] = {}
+    for pack in _pack_names(runs):
+        for run, label in zip(runs, labels, strict=True):
+            elapsed = [item.elapsed_s for item in run.pack_items(pack)]
+            if elapsed:
+                groups.setdefault(pack, {})[label] = elapsed
+    if not groups:
+        return None
+    return charts.box_plots(groups, title="Item wall time", salt="latency", ylabel="seconds per item")
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates and pruned experts
+
+
+def checkpoint_dirs(manifest: Manifest) -> list[Path]:
+    """Where the run's checkpoint may be: as the server command resolved it, then ``--model`` as given."""
+    command = manifest.server.command
+    found = [Path(value) for flag, value in zip(command, command[1:]) if flag == "--model"]
+    found += [Path(manifest.model)] if manifest.model else []
+    return list(dict.fromkeys(found))
+
+
+def run_pruning_sources(runs: Sequence[RunData], labels: Sequence[str]) -> list[tuple[str, Path]]:
+    """``(label, pruning.json)`` for each run served from a pruned checkpoint that is on this machine."""
+    sources = []
+    for run, label in zip(runs, labels, strict=True):
+        found = next((path for folder in checkpoint_dirs(run.manifest) if (path := pruning_beside(folder))), None)
+        if found is not None:
+            sources.append((label, found))
+    return sources
+
+
+@dataclass
+class PruningView:
+    """Expert heatmaps of the pruned checkpoints, and why any could not be drawn."""
+
+    maps: list[ExpertMaps]
+    notes: list[str]
+
+
+def candidates_context(table: CandidateTable) -> dict[str, Any]:
+    """The candidates section: styled table, scatter, verdict lines and expert heatmaps."""
+    frame, classes = candidate_frame(table)
+    maps, notes = expert_maps(pruning_sources(table))
+    return {
+        "name": table.name,
+        "base": table.base,
+        "score": table.score,
+        "table": _styled(frame, "candidates", classes),
+        "scatter": candidate_scatter(table),
+        "front": table.pareto,
+        "lines": [(row.label, row.origin, row.verdict_line or (f"stopped: {row.error}" if row.error else verdict_text(row)))
+                  for row in table.rows if row.role == "candidate"],
+        "pruning": PruningView(maps, notes),
+    }
+
+
+def _run_pruning(runs: Sequence[RunData], labels: Sequence[str], candidates: CandidateTable | None) -> PruningView | None:
+    """Heatmaps for runs whose checkpoint has a pruning.json, less those the candidates section covers."""
+    covered = {path.resolve() for _, path in pruning_sources(candidates)} if candidates else set()
+    sources = [(label, path) for label, path in run_pruning_sources(runs, labels) if path.resolve() not in covered]
+    if not sources:
+        return None
+    maps, notes = expert_maps(sources)
+    return PruningView(maps, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Page
+
+
+def render_report(
+    runs: Sequence[RunData], *, gate: GateResult | None = None, max_items: int = 200,
+    candidates: CandidateTable | None = None,
+) -> str:
+    """The whole report as one HTML string; ``candidates`` (from ``bench candidate``) adds its section."""
+    if not runs:
+        raise UserError("bench report needs at least one run directory")
+    labels = _labels(runs)
+    candidate_section = candidates_context(candidates) if candidates is not None else None
+    pruning = _run_pruning(runs, labels, candidates)
+    stack, stack_classes, differing = stack_table(runs, labels)
+    packs, pack_classes = pack_table(runs, labels)
+    long = subdimension_frame(runs, labels)
+    subdims = _subdimension_table(long, labels)
+    health, health_classes = health_table(runs, labels)
+    timing = timing_table(runs, labels)
+    items, flip_summary = drilldown(runs, max_items)
+    category_sections = []
+    breakdowns = []
+    for pack in _pack_names(runs):
+        name, table = category_table(runs, labels, pack)
+        styled = _styled(table, f"{pack}-{name}") if not table.empty else None
+        if pack == "mmlu":  # MMLU by category: its subdimensions are the four subject groups
+            category_sections.append({"pack": pack, "chart": _category_chart(runs, labels, pack), "name": name, "table": styled})
+        elif styled is not None:
+            breakdowns.append({"pack": pack, "name": name.replace("_", " "), "table": styled})
+    template = template_environment().get_template("report.html.j2")
+    return template.render(
+        title=f"bench report: {' vs '.join(labels)}",
+        bench_version=bench_version,
+        labels=labels,
+        runs=runs,
+        gate=gate,
+        candidates=candidate_section,
+        pruning=pruning,
+        stack_table=_styled(stack, "stack", stack_classes),
+        differing=differing,
+        pack_table=_styled(packs, "packs", pack_classes),
+        subdimension_charts=_subdimension_charts(long, labels),
+        subdimension_table=_styled(subdims, "subdimensions") if not subdims.empty else None,
+        category_sections=category_sections,
+        breakdowns=breakdowns,
+        timing_table=_styled(timing, "timing", precision=2) if not timing.empty else None,
+        latency_chart=_latency_chart(runs, labels),
+        health_table=_styled(health, "health", health_classes),
+        flip_summary=_styled(flip_summary, "flips") if not flip_summary.empty else None,
+        items=items,
+        total_items=int(flip_summary.to_numpy().sum()) if not flip_summary.empty else 0,
+        open_items=OPEN_ITEMS,
+    )
+
+
+def write_report(
+    run_paths: Sequence[Path], out: Path, *, gate_path: Path | None = None, max_items: int = 200,
+    candidates: CandidateTable | None = None,
+) -> Path:
+    """Load the runs (and a gate result), render, and write the HTML file."""
+    runs = [load_run(path) for path in run_paths]
+    gate = load_gate_result(gate_path) if gate_path else None
+    html = render_report(runs, gate=gate, max_items=max_items, candidates=candidates)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write report {out}: {exc.strerror}") from exc
+    return out

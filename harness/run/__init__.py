@@ -1,0 +1,1 @@
+"""Running: the plan of what to ask, the async client and session, the run store and its records."""

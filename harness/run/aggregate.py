@@ -1,0 +1,119 @@
+"""Item records -> results.json: per pack and subdimension means with intervals, health counts.
+
+Reads only stored records (and each pack's own ``aggregate`` hook over them); never the server.
+Repeats of one item are folded to their mean first, so an interval counts items, not samples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from bench import stats
+from bench.pack import Pack
+from bench.run.records import HealthCounts, ItemRecord, PackResult, Results, TimingStats
+
+
+
+def _fold(per_item: Mapping[str, list[float]]) -> list[float]:
+    folded = stats.fold_repeats((item_id, v) for item_id, values in per_item.items() for v in values)
+    return list(folded.values.values())
+
+
+def _health(records: Sequence[ItemRecord]) -> HealthCounts:
+    counts = HealthCounts()
+    for record in records:
+        counts.responses += len(record.transcript.exchanges)
+        counts.leaked_markers += record.flags.leaked_markers
+        counts.unclosed_think += record.flags.unclosed_think
+        counts.null_content += record.flags.null_content
+        counts.truncated += record.flags.truncated
+        counts.errors += int(record.error is not None)
+        counts.empty += int(record.score is not None and record.score.status == "empty")
+    return counts
+
+
+def _timing(records: Sequence[ItemRecord]) -> TimingStats:
+    latencies = [ex.response.latency_s for r in records for ex in r.transcript.exchanges]
+    usage = [ex.response.usage for r in records for ex in r.transcript.exchanges]
+    return TimingStats(
+        latency_p50_s=float(np.percentile(latencies, 50)) if latencies else None,
+        latency_p95_s=float(np.percentile(latencies, 95)) if latencies else None,
+        prompt_tokens=sum(u.prompt_tokens for u in usage),
+        completion_tokens=sum(u.completion_tokens for u in usage),
+        reasoning_tokens=sum(u.reasoning_tokens for u in usage),
+    )
+
+
+def pack_result(pack: Pack, records: Sequence[ItemRecord], confidence: float, seed: int) -> PackResult:
+    values: dict[str, list[float]] = defaultdict(list)
+    passes: dict[str, list[float]] = defaultdict(list)
+    subs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # A request that failed is not a wrong answer: it is left out of the score and counted as
+    # missing (the run is then incomplete and invalid until resumed), never scored as a silent zero.
+    for record in records:
+        score = record.score
+        if score is None or record.error is not None:
+            continue
+        values[record.item_id].append(score.value)
+        passes[record.item_id].append(float(score.passed))
+        for name, value in score.subscores.items():
+            subs[name][record.item_id].append(value)
+    spread = stats.fold_repeats((item_id, v) for item_id, vals in values.items() for v in vals).spread
+    ordered_subs = [s for s in pack.subdimensions if s in subs] + sorted(s for s in subs if s not in pack.subdimensions)
+    return PackResult(
+        name=pack.name,
+        version=pack.version,
+        n=len(values),
+        score=stats.summarize(_fold(values), confidence, seed),
+        pass_rate=stats.summarize(_fold(passes), confidence, seed),
+        subdimensions={name: stats.summarize(_fold(subs[name]), confidence, seed) for name in ordered_subs},
+        health=_health(records),
+        timing=_timing(records),
+        extra=pack.aggregate([r.model_dump(mode="json") for r in records]),
+        repeat_spread=spread,
+    )
+
+
+def build_results(
+    run_id: str,
+    packs: Mapping[str, Pack],
+    records: Sequence[ItemRecord],
+    expected: Mapping[str, int],
+    *,
+    preflight_ok: bool = True,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Results:
+    """Aggregate every pack; mark the run invalid when the serving stack leaked or items are missing.
+
+    ``expected`` maps pack name -> number of (item, repeat) records the run should hold.
+    """
+    by_pack: dict[str, list[ItemRecord]] = defaultdict(list)
+    for record in records:
+        by_pack[record.pack].append(record)
+    results = {name: pack_result(pack, by_pack.get(name, []), confidence, seed) for name, pack in packs.items()}
+    health = _health(records)
+    scored = {name: sum(1 for r in by_pack.get(name, []) if r.error is None and r.score is not None) for name in packs}
+    missing = sum(max(0, expected.get(name, 0) - scored[name]) for name in packs)
+    reasons: list[str] = []
+    if not preflight_ok:
+        reasons.append("preflight failed")
+    if health.leaked_markers:
+        reasons.append(f"{health.leaked_markers} responses leaked reasoning or tool-call markup into content")
+    if health.unclosed_think:
+        reasons.append(f"{health.unclosed_think} responses have an unclosed <think> block")
+    if missing:
+        reasons.append(f"{missing} items missing or failed (resume the run to ask them again)")
+    return Results(
+        run_id=run_id,
+        valid=not reasons,
+        invalid_reasons=reasons,
+        complete=missing == 0,
+        missing_items=missing,
+        packs=results,
+        health=health,
+        confidence=confidence,
+    )

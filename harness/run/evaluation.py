@@ -1,0 +1,322 @@
+"""One evaluation run, end to end: serve (or connect), preflight, ask, score, aggregate.
+
+This is the library behind ``bench run``; the CLI only parses flags into :class:`RunOptions`.
+The options are stored in the manifest, so ``--resume`` rebuilds exactly the same plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shlex
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench import __version__, registry
+from bench.run.aggregate import build_results
+from bench.serve.model_info import CheckpointInfo, ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
+from bench.run.client import ChatClient, ClientConfig, normalize_endpoint, server_root
+from bench.errors import PreflightError, UserError
+from bench.pack import Pack
+from bench.serve.preflight import PreflightOptions, first_failure, rendered_prompt_sha256, run_preflight
+from bench.run.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
+from bench.run.runner import PackPlan, RunPlan, run_plan
+from bench.serve.launch import LaunchConfig, check_checkpoint, resolve_vllm_python, serving, vllm_version
+from bench.run.store import RunStore, new_run_id
+
+
+class RunOptions(BaseModel):
+    """Every choice that decides what a run measures (stored in the manifest for --resume)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    endpoints: list[str] = Field(default_factory=list)
+    served_model_name: str | None = None
+    vllm_python: str | None = None
+    port: int | None = None
+    max_model_len: int | None = 2048
+    chat_template: str | None = None
+    reasoning_parser: str = "auto"  # "auto", "none" or a vLLM parser name
+    tool_call_parser: str = "auto"
+    vllm_args: list[str] = Field(default_factory=list)
+    packs: str = "all"
+    pack_options: dict[str, dict[str, str]] = Field(default_factory=dict)  # pack -> key -> value
+    tier: Literal["quick", "full"] = "full"
+    limit: int | None = None
+    repeats: int = 1
+    seed: int = 0
+    concurrency: int = 8
+    temperature: float | None = None
+    max_tokens: int | None = None
+    no_thinking: bool = False
+    request_timeout_s: float = 300.0
+    startup_timeout_s: float = 900.0
+    runs_dir: str = "runs"
+    run_id: str | None = None
+
+
+class RunOutcome(BaseModel):
+    run_dir: str
+    results: Results
+    asked: int
+    preflight: list[PreflightCheck]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _parser_choice(options: RunOptions, auto: ParserChoice | None) -> ParserChoice:
+    def pick(flag: str, automatic: str | None) -> str | None:
+        if flag == "none":
+            return None
+        if flag == "auto":
+            return automatic
+        return flag
+
+    reasoning = pick(options.reasoning_parser, auto.reasoning_parser if auto else None)
+    tool = pick(options.tool_call_parser, auto.tool_call_parser if auto else None)
+    why = auto.why if auto else "external endpoint: parsers are the server's own"
+    if options.reasoning_parser not in ("auto",) or options.tool_call_parser not in ("auto",):
+        why += " (overridden on the command line)"
+    return ParserChoice(reasoning_parser=reasoning, tool_call_parser=tool, why=why)
+
+
+def pack_sampling(pack: Pack, options: RunOptions) -> dict[str, Any]:
+    """The pack's default sampling with the command-line overrides applied."""
+    sampling = pack.default_sampling.model_dump()
+    if options.temperature is not None:
+        sampling["temperature"] = options.temperature
+    if options.max_tokens is not None:
+        sampling["max_tokens"] = options.max_tokens
+    if options.no_thinking:
+        sampling["thinking"] = False
+    return {k: v for k, v in sampling.items() if v is not None}
+
+
+def build_plan(options: RunOptions) -> RunPlan:
+    names = registry.resolve(options.packs)
+    stray = set(options.pack_options) - set(names)
+    if stray:
+        raise UserError(f"--pack-option names pack(s) not in this run: {', '.join(sorted(stray))}")
+    plans: dict[str, PackPlan] = {}
+    for name in names:
+        pack = registry.load(name, options.pack_options.get(name))
+        items = pack.items(options.tier)
+        if options.limit is not None:
+            limiter = getattr(pack, "limit", None)
+            items = limiter(items, options.limit, options.seed) if callable(limiter) else items[: options.limit]
+        if not items:
+            raise UserError(f"pack {name!r} has no items in tier {options.tier!r}")
+        plans[name] = PackPlan(pack=pack, items=items, sampling=pack_sampling(pack, options))
+    return RunPlan(packs=plans, repeats=options.repeats, seed=options.seed, concurrency=options.concurrency)
+
+
+def _host() -> dict[str, Any]:
+    from bench.sandbox import sandbox_backend
+
+    return {
+        "sandbox": sandbox_backend(),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _check_endpoint(url: str) -> list[str]:
+    """Fail in one line when an endpoint is unreachable; return the model names it serves."""
+    try:
+        response = httpx.get(f"{url}/models", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach endpoint {url}: {type(exc).__name__} ({exc}); is the server running?") from exc
+    if response.status_code != 200:
+        raise UserError(f"endpoint {url} answered GET /models with HTTP {response.status_code}: is it an OpenAI-compatible server?")
+    try:
+        return [m["id"] for m in response.json().get("data", [])]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"endpoint {url} returned an unexpected /models body") from exc
+
+
+def _precheck(options: RunOptions) -> None:
+    """Catch a bad model path or a dead endpoint before anything is created on disk."""
+    if options.endpoints:
+        for url in options.endpoints:
+            _check_endpoint(normalize_endpoint(url))
+    elif options.model:
+        check_checkpoint(read_checkpoint(Path(options.model).expanduser().resolve()))
+    else:
+        raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
+
+
+def launch_config(options: RunOptions, *, cache_root: Path | None = None) -> tuple[LaunchConfig, CheckpointInfo]:
+    """How ``bench run`` and ``bench serve`` launch vLLM for ``options.model``: checked, parsers chosen."""
+    if not options.model:
+        raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
+    model = Path(options.model).expanduser().resolve()
+    info = read_checkpoint(model)
+    check_checkpoint(info)
+    template_path = Path(options.chat_template).expanduser().resolve() if options.chat_template else None
+    if template_path is not None and not template_path.is_file():
+        raise UserError(f"chat template {template_path} does not exist")
+    config = LaunchConfig(
+        model=model,
+        served_model_name=options.served_model_name or model.name,
+        parsers=_parser_choice(options, choose_parsers(info)),
+        python=resolve_vllm_python(options.vllm_python),
+        port=options.port,
+        max_model_len=options.max_model_len,
+        chat_template=template_path,
+        extra_args=options.vllm_args,
+        startup_timeout_s=options.startup_timeout_s,
+        cache_root=cache_root,
+    )
+    return config, info
+
+
+@contextlib.contextmanager
+def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
+    """Launch a server for --model, or check the given endpoints; yield how the model is served."""
+    if options.endpoints:
+        urls = [normalize_endpoint(u) for u in options.endpoints]
+        served: list[str] = []
+        for url in urls:
+            served = _check_endpoint(url)
+        name = options.served_model_name or (served[0] if served else "")
+        if not name:
+            raise UserError(f"endpoint {urls[0]} serves no model")
+        if name not in served:
+            raise UserError(f"endpoint {urls[0]} does not serve {name!r}; it serves {served}")
+        parsers = _parser_choice(options, None)
+        yield ServerInfo(
+            launched=False, endpoints=urls, served_model_name=name, vllm_version=vllm_version(server_root(urls[0])),
+            reasoning_parser=parsers.reasoning_parser if options.reasoning_parser != "auto" else None,
+            tool_call_parser=parsers.tool_call_parser if options.tool_call_parser != "auto" else None,
+        )
+        return
+    config, info = launch_config(options, cache_root=store.root / "vllm-cache")
+    template_path, parsers = config.chat_template, config.parsers
+    template_text = template_path.read_text(encoding="utf-8") if template_path else info.chat_template
+    with serving(config, store.server_log) as server:
+        from bench.serve.model_info import template_sha256
+
+        yield ServerInfo(
+            launched=True,
+            command=server.command,
+            endpoints=[server.base_url + "/v1"],
+            served_model_name=config.served_model_name,
+            vllm_version=vllm_version(server.base_url),
+            reasoning_parser=parsers.reasoning_parser,
+            tool_call_parser=parsers.tool_call_parser,
+            chat_template_sha256=template_sha256(template_text) if template_text else None,
+            chat_template_source=str(template_path) if template_path else "checkpoint",
+            max_model_len=options.max_model_len,
+            generation_config=sampling_defaults(info),
+            start_seconds=round(server.start_seconds, 2),
+            parser_reason=parsers.why,
+        )
+
+
+def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInfo) -> Manifest:
+    entries = []
+    for name, pack_plan in plan.packs.items():
+        pack = pack_plan.pack
+        sampling = dict(pack_plan.sampling)
+        if server.generation_config:
+            sampling["server_defaults"] = {k: v for k, v in server.generation_config.items() if k not in sampling}
+        entries.append(PackEntry(
+            name=name, version=pack.version, data_hash=pack.data_hash(), items=len(pack_plan.items),
+            tier=options.tier, subdimensions=list(pack.subdimensions), sampling=sampling,
+            options=options.pack_options.get(name, {}),
+        ))
+    overrides = {k: v for k, v in {"temperature": options.temperature, "max_tokens": options.max_tokens,
+                                   "thinking": False if options.no_thinking else None}.items() if v is not None}
+    return Manifest(
+        run_id=run_id, created_at=_now(), bench_version=__version__, model=options.model, server=server,
+        packs=entries, sampling_overrides=overrides, limit=options.limit, repeats=options.repeats, seed=options.seed,
+        concurrency=options.concurrency, host=_host(), options=options.model_dump(mode="json"),
+    )
+
+
+def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
+            echo: Any = print) -> RunOutcome:
+    """Run (or resume) an evaluation and return where it went and what it found."""
+    if options.limit is not None and options.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if options.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    _precheck(options)
+    plan = build_plan(options)
+    if resume_dir is not None:
+        store = RunStore.open(resume_dir)
+        previous = store.read_manifest()
+        run_id = previous.run_id
+        store.drop_torn_tail()
+    else:
+        run_id = options.run_id or new_run_id(Path(options.model).name if options.model else "endpoint")
+        store = RunStore.create(Path(options.runs_dir), run_id)
+    echo(f"run directory: {store.root}")
+    with _connect(options, store) as server:
+        if server.launched:
+            echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
+        manifest = _manifest(run_id, options, plan, server)
+        client = ChatClient(ClientConfig(endpoints=server.endpoints, model=server.served_model_name,
+                                         concurrency=options.concurrency, timeout_s=options.request_timeout_s,
+                                         api_key=os.environ.get("BENCH_API_KEY", "EMPTY")))
+        try:
+            asked = asyncio.run(_checked_run(options, plan, client, store, manifest, show_progress, echo))
+        except KeyboardInterrupt:
+            manifest.status = "interrupted"
+            store.write_manifest(manifest)
+            _write_results(store, plan, manifest)
+            echo(f"interrupted: finished items are kept; resume with: bench run --resume {store.root}")
+            raise
+    results = _write_results(store, plan, manifest)
+    manifest.status = "complete" if results.complete else "interrupted"
+    store.write_manifest(manifest)
+    return RunOutcome(run_dir=str(store.root), results=results, asked=asked, preflight=manifest.preflight)
+
+
+async def _checked_run(options: RunOptions, plan: RunPlan, client: ChatClient, store: RunStore,
+                       manifest: Manifest, show_progress: bool | None, echo: Any) -> int:
+    try:
+        checks = await run_preflight(client, PreflightOptions(
+            reasoning_parser=manifest.server.reasoning_parser, tool_call_parser=manifest.server.tool_call_parser))
+        manifest.preflight = checks
+        manifest.server.rendered_prompt_sha256 = rendered_prompt_sha256(manifest.server.endpoints[0], manifest.server.served_model_name)
+        for check in checks:
+            evidence = f" ({check.evidence})" if check.evidence else ""
+            echo(f"preflight {check.name}: {'ok' if check.ok else 'FAILED'} - {check.detail}{evidence}")
+        failed = first_failure(checks)
+        if failed is not None:
+            manifest.status = "failed"
+            store.write_manifest(manifest)
+            raise PreflightError(f"preflight failed: {failed.detail.splitlines()[0]}: {failed.fix}")
+        store.write_manifest(manifest)
+        counters = await run_plan(plan, client, store, show_progress=show_progress)
+        return counters.asked
+    finally:
+        await client.close()
+
+
+def _write_results(store: RunStore, plan: RunPlan, manifest: Manifest) -> Results:
+    preflight_ok = bool(manifest.preflight) and first_failure(manifest.preflight) is None
+    results = build_results(manifest.run_id, {n: p.pack for n, p in plan.packs.items()}, store.read_items(),
+                            plan.expected(), preflight_ok=preflight_ok, seed=plan.seed)
+    store.write_results(results)
+    return results
+
+
+def options_from_run(run_dir: Path) -> RunOptions:
+    """The options a run was started with (for --resume and rescore)."""
+    manifest = RunStore.open(run_dir).read_manifest()
+    if not manifest.options:
+        raise UserError(f"{run_dir}/manifest.json records no options: it cannot be resumed")
+    return RunOptions.model_validate(manifest.options)

@@ -1,0 +1,159 @@
+"""Ask every planned item, score it, and append its record as soon as it finishes.
+
+All packs run concurrently against the same endpoints; the client bounds the number of requests
+in flight. A finished item is on disk before the next one is counted, so a killed run resumes
+from items.jsonl without asking any finished item again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.run.client import ChatClient, RequestFailed
+from bench.serve.health import scan_transcript
+from bench.pack import Item, Pack, Score
+from bench.run.records import ItemRecord
+from bench.run.session import Session
+from bench.run.store import RunStore
+
+
+@dataclass
+class PackPlan:
+    """One pack's share of a run: the items to ask and the sampling to ask them with."""
+
+    pack: Pack
+    items: list[Item]
+    sampling: dict[str, Any]
+
+
+@dataclass
+class RunPlan:
+    packs: dict[str, PackPlan]
+    repeats: int = 1
+    seed: int = 0
+    concurrency: int = 8
+
+    def expected(self) -> dict[str, int]:
+        return {name: len(plan.items) * self.repeats for name, plan in self.packs.items()}
+
+    def todo(self, finished: set[tuple[str, str, int]]) -> list[tuple[PackPlan, Item, int]]:
+        """Every (pack, item, repeat) not yet finished, interleaved across packs."""
+        queues = [
+            [(plan, item, rep) for rep in range(self.repeats) for item in plan.items if (name, item.id, rep) not in finished]
+            for name, plan in self.packs.items()
+        ]
+        out: list[tuple[PackPlan, Item, int]] = []
+        longest = max((len(q) for q in queues), default=0)
+        for index in range(longest):
+            out.extend(q[index] for q in queues if index < len(q))
+        return out
+
+
+@dataclass
+class RunCounters:
+    asked: int = 0
+    errors: int = 0
+    per_pack: dict[str, int] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def score_safely(pack: Pack, item: Item, record_transcript: Any) -> Score:
+    """A scorer bug must not kill the run: it becomes an ``error`` score with the reason."""
+    try:
+        return pack.score(item, record_transcript)
+    except Exception as exc:  # scorer bugs are reported per item, the run goes on
+        return Score(value=0.0, passed=False, status="error", reason=f"scorer raised {type(exc).__name__}: {exc}")
+
+
+async def ask_item(plan: PackPlan, item: Item, repeat: int, seed: int, client: ChatClient) -> ItemRecord:
+    """Run one item through its pack and score it; request failures become the record's error."""
+    sampling = dict(plan.sampling)
+    sampling["seed"] = seed + repeat
+    session = Session(client.chat, sampling)
+    started_at, started = _now(), time.perf_counter()
+    error: str | None = None
+    try:
+        await plan.pack.run_item(item, session)
+    except RequestFailed as exc:
+        error = str(exc)
+    except Exception as exc:  # a pack's run_item bug is this item's error, not the run's end
+        error = f"pack {plan.pack.name} run_item raised {type(exc).__name__}: {exc}"
+    transcript = session.transcript
+    # Scoring may run code in the sandbox (seconds): keep it off the event loop so requests keep flowing.
+    score = await asyncio.to_thread(score_safely, plan.pack, item, transcript) if error is None else None
+    return ItemRecord(
+        pack=plan.pack.name,
+        pack_version=plan.pack.version,
+        item_id=item.id,
+        repeat=repeat,
+        seed=seed + repeat,
+        transcript=transcript,
+        score=score,
+        error=error,
+        flags=scan_transcript(transcript),
+        started_at=started_at,
+        finished_at=_now(),
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def _progress(enabled: bool) -> Progress | None:
+    if not enabled:
+        return None
+    return Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+
+
+async def run_plan(
+    plan: RunPlan,
+    client: ChatClient,
+    store: RunStore,
+    *,
+    show_progress: bool | None = None,
+    on_record: Callable[[ItemRecord], None] | None = None,
+) -> RunCounters:
+    """Ask every unfinished item; append each record as it completes."""
+    finished = store.finished_keys()
+    todo = plan.todo(finished)
+    counters = RunCounters()
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    progress = _progress(show)
+    tasks: dict[str, Any] = {}
+    if progress is not None:
+        for name, pack_plan in plan.packs.items():
+            total = len(pack_plan.items) * plan.repeats
+            done = sum(1 for key in finished if key[0] == name)
+            tasks[name] = progress.add_task(name, total=total, completed=done)
+        progress.start()
+    gate = asyncio.Semaphore(plan.concurrency)
+
+    async def one(pack_plan: PackPlan, item: Item, repeat: int) -> None:
+        async with gate:
+            record = await ask_item(pack_plan, item, repeat, plan.seed, client)
+        # Schema validation costs milliseconds: do it off the loop; the write itself stays on it,
+        # so lines never interleave.
+        store.append_line(await asyncio.to_thread(store.encode_item, record))
+        counters.asked += 1
+        counters.errors += int(record.error is not None)
+        counters.per_pack[record.pack] = counters.per_pack.get(record.pack, 0) + 1
+        if progress is not None:
+            progress.advance(tasks[record.pack])
+        if on_record is not None:
+            on_record(record)
+
+    try:
+        await asyncio.gather(*(one(p, i, r) for p, i, r in todo))
+    finally:
+        if progress is not None:
+            progress.stop()
+    return counters
