@@ -8,7 +8,7 @@ export BENCH_DATA_DIR ?= $(abspath $(SHARED_DATA))
 export HUMANEVAL_OVERRIDE_PATH ?= $(BENCH_DATA_DIR)/humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz
 endif
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 setup:
 	./scripts/setup.sh
 
@@ -17,3 +17,6 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+lint: setup
+	./scripts/lint.sh

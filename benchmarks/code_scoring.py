@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.transcript import Exchange, Request, Response, Transcript
 from bench.packs.code import CodePack
 from bench.packs.code import data as code_data
 from bench.packs.code.crosscheck import evalplus_own_statuses, mixed_kinds, reply_for
+from bench.transcript import Exchange, Request, Response, Transcript
 
 
 def _reply(content: str) -> Transcript:

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 WORDS = ("expert router token layer prune model weight scale memory kernel tensor cache batch score "
          "attention python function return value list dict loop class import error test serve").split()
@@ -71,7 +70,8 @@ def build_synthetic(out: Path, layers: int, experts: int, hidden: int, expert_si
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from bench.engine.checkpoint import PlannedTensor, write_streamed
+    from bench.engine.compute.stream_writer import write_streamed
+    from bench.engine.planning.layout import PlannedTensor
 
     heads, head_dim = max(hidden // 64, 1), 64
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
@@ -166,7 +166,7 @@ def one_time_costs() -> dict[str, Any]:
 
 def quantize_vs_copy(model: Path, work: Path, repeats: int) -> dict[str, Any]:
     """Interleaved copy and quantize runs, so drift in the machine's load hits both alike."""
-    from bench.engine.fp8 import quantize_checkpoint
+    from bench.engine.compute.fp8 import quantize_checkpoint
 
     figures: dict[str, Any] = {"copy": [], "quantize": [], "load": []}
     copy_seconds(model, work / "copy")  # warms the page cache for both
@@ -190,8 +190,8 @@ def first_kernel_call() -> tuple[float, str]:
     import torch
 
     started = time.perf_counter()
-    from bench.engine.fp8 import ChannelQuantizer
-    from bench.engine.fp8_kernel import quantize_channels
+    from bench.engine.compute.fp8 import ChannelQuantizer
+    from bench.engine.compute.fp8_kernel import quantize_channels
 
     ChannelQuantizer().quantize(torch.ones(64, dtype=torch.bfloat16), [(4, 16)])
     seconds = time.perf_counter() - started
@@ -201,7 +201,7 @@ def first_kernel_call() -> tuple[float, str]:
 
 def attention_flops(config: dict[str, Any], lengths: list[int]) -> float:
     """Multiply-adds x2 of causal attention scores and weighted values, per layer pass."""
-    from bench.engine.moe import text_config
+    from bench.engine.planning.moe import text_config
 
     text = text_config(config)
     heads = text["num_attention_heads"]
@@ -211,7 +211,7 @@ def attention_flops(config: dict[str, Any], lengths: list[int]) -> float:
 
 def scoring_flops(config: dict[str, Any], lengths: list[int], passes: int) -> float:
     """Multiply-adds x2 of the layer work REAP scoring performs (projections, attention, experts, router)."""
-    from bench.engine.moe import text_config
+    from bench.engine.planning.moe import text_config
 
     text = text_config(config)
     hidden = text["hidden_size"]
@@ -234,11 +234,13 @@ import torch
 model, out, mix_path, device, threads = sys.argv[1:6]
 if int(threads):
     torch.set_num_threads(int(threads))
-from bench.engine.calibration import build_samples, load_mix
-from bench.engine.checkpoint import Checkpoint
-from bench.engine.moe import resolve
-from bench.engine.prune import PruneOptions, prune_checkpoint
-from bench.engine.reap import LayerRunner, peak_rss_bytes
+from bench.engine.compute.memory import peak_rss_bytes
+from bench.engine.compute.prune import prune_checkpoint
+from bench.engine.compute.reap import LayerRunner
+from bench.engine.planning.calibration import build_samples, load_mix
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.moe import resolve
+from bench.engine.planning.prune_plan import PruneOptions
 mix = load_mix(mix_path)
 lengths = [len(ids) for ids in build_samples(mix, model).token_ids]
 checkpoint = Checkpoint.open(model)
@@ -267,7 +269,7 @@ def prune_in_child(model: Path, work: Path, mix: Path, device: str, threads: int
     shutil.rmtree(work / "pruned", ignore_errors=True)
     child = subprocess.run(
         [sys.executable, "-c", PRUNE_CHILD, str(model), str(work / "pruned"), str(mix), device, str(threads)],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, cwd=REPO,
     )
     if child.returncode != 0:
         raise SystemExit(f"prune child failed:\n{child.stderr[-3000:]}")
@@ -312,7 +314,8 @@ def main() -> int:
 def run(args: argparse.Namespace, work: Path) -> int:
     import torch
 
-    from bench.engine.checkpoint import Checkpoint, gib
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.sizes import gib
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"device {args.device}, {load()}")
@@ -370,7 +373,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
 def quantize_figures(model: Path, work: Path, repeats: int, label: str) -> list[tuple[str, str, str, str, str]]:
     """Time quantize against copy on ``model``, print the runs, and return the table's two rows."""
-    from bench.engine.checkpoint import Checkpoint, gib
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.sizes import gib
 
     size = Checkpoint.open(model).file_bytes()
     q = quantize_vs_copy(model, work, repeats)

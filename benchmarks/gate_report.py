@@ -20,19 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.compare import gate
+from bench.compare.rundata import load_run
+from bench.compare.spec import load_spec
+from bench.report import gate_files
+from bench.report import html as report
+from bench.shipped import resolve_spec
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # the synthetic run writer is a test helper, not part of bench
 
 from rundirs import write_run  # noqa: E402
 
-from bench.compare import gate  # noqa: E402
-from bench.report import gate_files  # noqa: E402
-from bench.report import html as report  # noqa: E402
-from bench.compare.spec import load_spec  # noqa: E402
-from bench.compare.rundata import load_run  # noqa: E402
-
 PACKS = ("toolcall", "bugfind", "dataextract", "instructfollow", "code", "mmlu")
-SPEC = REPO / "baselines" / "default.yaml"
+SPEC = resolve_spec("default")  # the shipped spec, as the installed package holds it
 
 
 def _cli(*args: str | Path) -> tuple[float, int]:
@@ -64,7 +65,8 @@ def main() -> None:
         result = gate.evaluate(load_run(cand), load_run(base), load_spec(SPEC), str(SPEC))
         gate_files.write_outputs(result, markdown=root / "gate.md", junit=root / "gate.xml", json_path=root / "gate.json")
         gate_s, gate_cpu = time.perf_counter() - start, time.process_time() - cpu
-        print(f"gate (in-process): {gate_s:.2f} s wall, {gate_cpu:.2f} s cpu -> {result.verdict}, {len(result.rules)} rules   [target < 2 s]")
+        print(f"gate (in-process): {gate_s:.2f} s wall, {gate_cpu:.2f} s cpu -> {result.verdict}, "
+              f"{len(result.rules)} rules   [target < 2 s]")
 
         start, cpu = time.perf_counter(), time.process_time()
         out = report.write_report([base, cand], root / "report.html", gate_path=root / "gate.json")

@@ -15,25 +15,23 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from openai import AsyncOpenAI
 
+from bench.engine.toys.builders import build_scripted
+from bench.pack import Item, Sampling
+from bench.packs.smoke.pack import SmokePack
+from bench.run.client import ChatClient, ClientConfig
+from bench.run.runner import PackPlan, RunPlan, run_plan
+from bench.run.store import RunStore
+from bench.serve.launch import LaunchConfig, serving
+from bench.serve.model_info import choose_parsers, read_checkpoint
+from bench.serve.options import ServeOptions
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.serve.model_info import choose_parsers, read_checkpoint  # noqa: E402
-from bench.run.client import ChatClient, ClientConfig  # noqa: E402
-from bench.engine.toy import build_scripted  # noqa: E402
-from bench.pack import Item  # noqa: E402
-from bench.run.runner import PackPlan, RunPlan, run_plan  # noqa: E402
-from bench.serve.launch import LaunchConfig, serving  # noqa: E402
-from bench.packs.smoke.pack import SmokePack  # noqa: E402
-from bench.run.store import RunStore  # noqa: E402
-
 SAMPLING = {"temperature": 0.0, "max_tokens": 64}
 
 
@@ -63,7 +61,7 @@ OUTSIDE_REQUESTS: list[float] = []  # per run at concurrency 1: wall minus the t
 
 async def harness_loop(url: str, n: int, concurrency: int, run_dir: Path) -> float:
     client = ChatClient(ClientConfig(endpoints=[url], model="scripted", concurrency=concurrency))
-    plan = RunPlan(packs={"smoke": PackPlan(SmokePack(), items(n), dict(SAMPLING))}, concurrency=concurrency)
+    plan = RunPlan(packs={"smoke": PackPlan(SmokePack(), items(n), Sampling(**SAMPLING))}, concurrency=concurrency)
     started = time.perf_counter()
     await run_plan(plan, client, RunStore(run_dir), show_progress=False)
     elapsed = time.perf_counter() - started
@@ -93,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_scripted(Path(tmp) / "scripted")
         config = LaunchConfig(model=model, served_model_name="scripted", parsers=choose_parsers(read_checkpoint(model)),
-                              python=python, max_model_len=1024, cache_root=Path(tmp) / "cache")
+                              serve=ServeOptions(python=python, max_model_len=1024), cache_root=Path(tmp) / "cache")
         with serving(config, Path(tmp) / "server.log") as server:
             url = server.base_url + "/v1"
             print(f"vLLM ready in {server.start_seconds:.1f} s")

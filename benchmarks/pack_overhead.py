@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench import registry  # noqa: E402
-from bench.serve.health import scan_transcript  # noqa: E402
-from bench.run.records import ItemRecord  # noqa: E402
-from bench.run.runner import score_safely  # noqa: E402
-from bench.run.store import RunStore  # noqa: E402
-from bench.testing import transcript_for_answer  # noqa: E402
+from bench import registry
+from bench.run.records import ItemRecord
+from bench.run.runner import score_safely
+from bench.run.store import RunStore
+from bench.serve.health import scan_transcript
+from bench.testing import transcript_for_answer
 
 PACKS = ("toolcall", "bugfind", "dataextract", "instructfollow", "code", "mmlu")
 

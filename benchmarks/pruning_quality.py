@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CRITERIA = ("reap", "frequency", "mean-gate", "ean")
 
@@ -62,13 +59,13 @@ def main() -> int:
 
     import torch
 
-    from bench.engine.calibration import build_samples, load_mix
-    from bench.engine.checkpoint import Checkpoint
-    from bench.engine.moe import resolve
-    from bench.engine.prune import PruneOptions
-    from bench.engine.reap import score_experts
-    from bench.engine.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe, loss_gap
-    from bench.engine.toy import build_smollm
+    from bench.engine.compute.reap import score_experts
+    from bench.engine.planning.calibration import build_samples, load_mix
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.moe import resolve
+    from bench.engine.planning.prune_plan import PruneOptions
+    from bench.engine.toys.builders import build_smollm
+    from bench.engine.toys.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe, loss_gap
 
     work = Path(tempfile.mkdtemp(prefix="pruning-quality-"))
     started = time.perf_counter()

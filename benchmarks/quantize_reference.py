@@ -23,14 +23,8 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 # Run in the reference interpreter: only the conversion is timed.
 REFERENCE_RUN = """
@@ -63,7 +57,7 @@ def compare(model: Path, ours: Path, theirs: Path) -> dict[str, object]:
     import torch
     from safetensors import safe_open
 
-    from bench.engine.fp8 import fp8_to_float32
+    from bench.engine.compute.fp8 import fp8_to_float32
 
     def opened(directory: Path) -> dict[str, object]:
         handles = {}
@@ -112,8 +106,9 @@ def main() -> int:
         print(f"no interpreter at {args.reference_python}")
         return 2
 
-    from bench.engine.checkpoint import Checkpoint
-    from bench.engine.fp8 import plan_quantization, quantize_checkpoint
+    from bench.engine.compute.fp8 import quantize_checkpoint
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.fp8_plan import plan_quantization
 
     work = Path(tempfile.mkdtemp(prefix="quantize-reference-"))
     try:

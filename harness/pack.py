@@ -12,16 +12,20 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from functools import cached_property
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import UserError
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
     from bench.run.session import Session
 
 Tier = Literal["quick", "full"]
@@ -35,7 +39,9 @@ class Sampling(BaseModel):
     temperature: float = 0.0
     max_tokens: int = 512
     top_p: float | None = None
+    top_k: int | None = None
     thinking: bool = True
+    seed: int | None = None  # set per request by the runner: the run's seed plus the repeat
 
 
 class Item(BaseModel):
@@ -70,6 +76,12 @@ class Score(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class NoOptions(BaseModel):
+    """The options of a pack that takes none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Pack(ABC):
     """Base class for every pack. Subclasses set the class attributes and implement the hooks.
 
@@ -77,13 +89,23 @@ class Pack(ABC):
     sends ``messages(item)`` (with ``tools(item)`` when given) once. Multi-turn packs override
     ``run_item`` and drive the :class:`~bench.run.session.Session` themselves, answering tool calls
     with their own mock tools.
+
+    ``breakdowns`` names the ways the pack's items group (MMLU: ``subject``, ``category``); the
+    harness asks ``groups(item)`` for each item's group in each and aggregates every breakdown
+    with intervals, the same way as the overall score. Grouping depends on the item alone, so it
+    never changes with the reply and a rescored run groups exactly as the original.
+
+    ``Options`` is the pydantic model of the pack's ``--pack-option`` settings; ``from_options``
+    validates the raw strings into it and builds the pack with them as keyword arguments.
     """
 
     name: str = ""
     version: str = "0"
     description: str = ""
     subdimensions: tuple[str, ...] = ()
+    breakdowns: tuple[str, ...] = ()
     default_sampling: Sampling = Sampling()
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     @abstractmethod
     def items(self, tier: Tier = "full") -> list[Item]:
@@ -105,8 +127,16 @@ class Pack(ABC):
     def score(self, item: Item, transcript: Transcript) -> Score:
         """Judge the transcript. Pure: no I/O to the server."""
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Pack-specific figures for results.json (e.g. MMLU per subject). Default: none."""
+    def groups(self, item: Item) -> dict[str, str]:
+        """The item's group in each declared breakdown. Default: ``item.data[breakdown]``.
+
+        A breakdown left out here puts the item in the group ``unknown``.
+        """
+        return {name: str(item.data[name]) for name in self.breakdowns if item.data.get(name) is not None}
+
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
+        """Pack-specific figures for results.json that are not breakdowns (e.g. MMLU's dead
+        categories, unparseable replies). Default: none."""
         return {}
 
     def data_files(self) -> list[Path]:
@@ -122,11 +152,14 @@ class Pack(ABC):
         return digest.hexdigest()
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Pack:
-        """Build the pack from ``--pack-option NAME.KEY=VALUE`` strings. Default: no options."""
-        if options:
-            raise UserError(f"pack {cls.name!r} takes no options (got {', '.join(sorted(options))})")
-        return cls()
+    def from_options(cls, raw: Mapping[str, str]) -> Self:
+        """Build the pack from ``--pack-option NAME.KEY=VALUE`` strings, validated by ``Options``."""
+        return cls.build(parse_options(cls, raw))
+
+    @classmethod
+    def build(cls, options: BaseModel) -> Self:
+        """The pack for validated options. Default: the options as constructor keyword arguments."""
+        return cls(**options.model_dump())
 
     def limit(self, items: list[Item], n: int, seed: int) -> list[Item]:
         """The ``n`` items a ``--limit n`` run asks. Default: the first ``n``.
@@ -147,7 +180,98 @@ class Pack(ABC):
         return None
 
 
-def load_jsonl_items(path: Path, schema: dict[str, Any] | None = None) -> list[Item]:
+def describe_options(model: type[BaseModel]) -> str:
+    """``shots (int, default 0), ...``: what a user may set, for error lines."""
+    parts = []
+    for key, info in model.model_fields.items():
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+        parts.append(f"{key} ({kind}, {default})")
+    return ", ".join(parts) or "none"
+
+
+def parse_options(pack: type[Pack], raw: Mapping[str, str]) -> BaseModel:
+    """``raw`` validated into ``pack.Options``; an unknown key or a bad value is one UserError line."""
+    try:
+        return pack.Options.model_validate(dict(raw))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        allowed = describe_options(pack.Options)
+        if error["type"] == "extra_forbidden":
+            raise UserError(f"pack {pack.name!r} has no option {key!r}; its options: {allowed}") from None
+        given = raw.get(key, "")
+        raise UserError(
+            f"pack {pack.name!r} option {key}={given!r}: {error['msg'].lower()}; its options: {allowed}"
+        ) from None
+
+
+class JsonlPack(Pack):
+    """A pack whose items are hand-written: ``items.jsonl`` checked against ``item.schema.json``.
+
+    Both files sit beside the subclass's module and are found through ``importlib.resources``,
+    so an installed wheel finds them as a source checkout does. Items load and validate once per
+    pack instance; ``check_items`` is the hook for checks a JSON Schema cannot express.
+    """
+
+    items_file: ClassVar[str] = "items.jsonl"
+    schema_file: ClassVar[str] = "item.schema.json"
+    # Files whose bytes name what was asked: they make up the data hash in the manifest.
+    hashed_files: ClassVar[tuple[str, ...]] = ("items.jsonl",)
+
+    def __init__(self, data_path: Path | None = None) -> None:
+        """``data_path`` replaces the shipped ``items.jsonl`` (tests, a user's own items)."""
+        self._data_path = data_path
+
+    @classmethod
+    def resource(cls, name: str) -> Traversable:
+        """A file shipped in the package that holds the subclass's module."""
+        package = cls.__module__.rpartition(".")[0] or cls.__module__
+        return resources.files(package).joinpath(name)
+
+    @classmethod
+    def item_schema(cls) -> dict[str, Any]:
+        schema: dict[str, Any] = json.loads(cls.resource(cls.schema_file).read_text(encoding="utf-8"))
+        return schema
+
+    @property
+    def items_path(self) -> Path | Traversable:
+        return self._data_path or self.resource(self.items_file)
+
+    def check_items(self, items: list[Item]) -> None:
+        """Checks across fields or files, after the schema passed. Raise UserError naming the item."""
+
+    @cached_property
+    def _all_items(self) -> list[Item]:
+        items = load_jsonl_items(self.items_path, self.item_schema())
+        self.check_items(items)
+        return items
+
+    def items(self, tier: Tier = "full") -> list[Item]:
+        return select_tier(self._all_items, tier)
+
+    @cached_property
+    def _by_id(self) -> dict[str, Item]:
+        return {item.id: item for item in self._all_items}
+
+    def item_by_id(self, item_id: str) -> Item | None:
+        return self._by_id.get(item_id)
+
+    def _hashed(self) -> list[Path | Traversable]:
+        return [self.items_path if name == self.items_file else self.resource(name) for name in self.hashed_files]
+
+    def data_files(self) -> list[Path]:
+        return [Path(str(found)) for found in self._hashed()]
+
+    def data_hash(self) -> str:
+        digest = hashlib.sha256()
+        for found in sorted(self._hashed(), key=lambda found: found.name):
+            digest.update(found.name.encode())
+            digest.update(found.read_bytes())
+        return digest.hexdigest()
+
+
+def load_jsonl_items(path: Path | Traversable, schema: dict[str, Any] | None = None) -> list[Item]:
     """Read a pack's items.jsonl, validating each line's ``data`` against ``schema``.
 
     A broken pack file is a user-facing error naming the file, the line and the field.

@@ -1,9 +1,10 @@
 """``pruning.json`` as the report reads it: which experts a pruned checkpoint kept, and why.
 
-``bench prune`` writes the file beside the pruned weights (see ``bench.engine.prune``). The
-report runs without torch or the engine, so this reader is the harness's own: lenient about what
-it does not draw (extra keys, records from before usage was stored) and strict about what it does,
-so a broken file becomes one line in the report instead of a wrong picture.
+``bench prune`` writes the file beside the pruned weights (see ``bench.engine.compute.prune``);
+``bench run`` copies it into the run directory (``bench.run.checkpoint_facts``), where the report
+reads it. The report runs without torch or the engine, so this reader is the harness's own:
+lenient about what it does not draw (extra keys, records from before usage was stored) and strict
+about what it does, so a broken file becomes one line in the report instead of a wrong picture.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.modelfile import read_model_file
 
-PRUNING_FILE = "pruning.json"  # written by bench.engine.prune beside the weights, read by the report
+PRUNING_FILE = "pruning.json"  # beside the pruned weights, and copied into each run directory served from them
 
 
 class PrunedLayer(BaseModel):

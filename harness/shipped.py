@@ -16,6 +16,8 @@ from bench.errors import UserError
 SPECS = "bench.baselines"
 TEMPLATES = "bench.templates"
 PLANS_FOLDER = "plans"
+# Where `bench baseline save` stores a user's own baselines and `bench gate --baseline NAME` finds them.
+USER_BASELINES_DIR = Path("baselines")
 
 
 def _folder(package: str, sub: str = "") -> Traversable:

@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from bench.pack import Item, Pack, Score
+from bench.run.records import ItemRecord
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 
 
@@ -56,3 +58,19 @@ def _tool_call(call: ToolCall | dict[str, Any], index: int) -> ToolCall:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments)
     return ToolCall(id=call.get("id") or f"call_{index}", name=call["name"], arguments=arguments)
+
+
+def record_for(pack: Pack, item: Item, transcript: Transcript, *, repeat: int = 0, score: Score | None = None) -> ItemRecord:
+    """The items.jsonl record a run would hold for ``transcript``, scored by the pack's own scorer
+    (or given ``score``), so aggregation and reports can be tested on real scores without a server."""
+    return ItemRecord(
+        pack=pack.name,
+        pack_version=pack.version,
+        item_id=item.id,
+        repeat=repeat,
+        transcript=transcript,
+        score=score if score is not None else pack.score(item, transcript),
+        started_at="2025-01-01T00:00:00Z",
+        finished_at="2025-01-01T00:00:01Z",
+        elapsed_s=transcript.exchanges[-1].response.latency_s if transcript.exchanges else 0.0,
+    )

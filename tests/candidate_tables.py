@@ -2,7 +2,7 @@
 
 The summary goes through the loop's own model (``bench.candidate.summary.Summary``) and its own
 Pareto front, so a test compares the page against what ``bench candidate`` would have written.
-``write_pruning`` writes a record shaped like ``bench.engine.prune``'s, for tests that must not
+``write_pruning`` writes a record shaped like ``bench.engine.compute.prune``'s, for tests that must not
 need torch; the engine-marked tests use a real one.
 """
 

@@ -31,7 +31,7 @@ def bench_cmd() -> list[str]:
 
 @pytest.fixture(scope="session")
 def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.engine.toy import build_scripted
+    from bench.engine.toys.builders import build_scripted
 
     return build_scripted(tmp_path_factory.mktemp("models") / "scripted")
 
@@ -41,12 +41,13 @@ def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFacto
     """One real vLLM server on the scripted model, launched the way `bench run` launches it."""
     from bench.serve.model_info import choose_parsers, read_checkpoint
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.options import ServeOptions
 
     info = read_checkpoint(scripted_model)
     logs = tmp_path_factory.mktemp("server")
     config = LaunchConfig(
         model=scripted_model, served_model_name="scripted", parsers=choose_parsers(info),
-        python=vllm_python(), max_model_len=1024, cache_root=logs / "cache",
+        serve=ServeOptions(python=vllm_python(), max_model_len=1024), cache_root=logs / "cache",
     )
     with serving(config, logs / "server.log") as server:
         yield server.base_url

@@ -26,7 +26,8 @@ from typing import Any, cast
 from bench import __version__, registry
 from bench.run.aggregate import build_results
 from bench.run.client import ChatClient
-from bench.run.evaluation import RunOptions, pack_sampling
+from bench.run.evaluation import pack_sampling
+from bench.run.options import EvalOptions
 from bench.pack import Item, Pack, Tier
 from bench.run.records import ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
 from bench.run.runner import PackPlan, RunPlan, ask_item
@@ -107,7 +108,7 @@ def _plans(selection: tuple[tuple[str, Tier | int], ...]) -> dict[str, PackPlan]
     for name, chosen in selection:
         pack = registry.load(name)
         items = pack.items(chosen) if isinstance(chosen, str) else pack.limit(pack.items("full"), chosen, 0)
-        plans[name] = PackPlan(pack=pack, items=items, sampling=pack_sampling(pack, RunOptions()))
+        plans[name] = PackPlan(pack=pack, items=items, sampling=pack_sampling(pack, EvalOptions()))
     return plans
 
 
@@ -172,7 +173,7 @@ def _manifest(run_id: str, spec: RunSpec, plans: Mapping[str, PackPlan]) -> Mani
             PackEntry(
                 name=name, version=plan.pack.version, data_hash=plan.pack.data_hash(), items=len(plan.items),
                 tier=chosen if isinstance(chosen, str) else "full", subdimensions=list(plan.pack.subdimensions),
-                sampling=plan.sampling,
+                sampling=plan.sampling.model_dump(exclude_none=True),
             )  # fmt: skip
             for (name, plan), chosen in zip(plans.items(), spec.selection.values(), strict=True)
         ],

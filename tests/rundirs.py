@@ -48,6 +48,7 @@ class FixturePack(Pack):
         self.name = name
         self.version = version
         self.subdimensions = SUBDIMENSIONS[name]
+        self.breakdowns = ("subject",) if name == "mmlu" else ()
 
     def items(self, tier: Tier = "full") -> list[Item]:
         return []
@@ -55,14 +56,16 @@ class FixturePack(Pack):
     def score(self, item: Item, transcript: Transcript) -> Score:
         raise NotImplementedError("fixture runs are scored when written")
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def item_by_id(self, item_id: str) -> Item | None:
+        """Fixture items exist only as ids (``mmlu-0007``); MMLU's carry the subject ``_score`` gives them."""
         if self.name != "mmlu":
-            return {}
-        by_subject: dict[str, list[float]] = {}
-        for record in records:
-            subject = record["score"]["details"]["subject"]
-            by_subject.setdefault(subject, []).append(record["score"]["value"])
-        return {"subjects": {s: {"mean": float(np.mean(v)), "n": len(v)} for s, v in sorted(by_subject.items())}}
+            return None
+        return Item(id=item_id, data={"subject": _subject(int(item_id.rsplit("-", 1)[1]))})
+
+
+def _subject(index: int) -> str:
+    subdims = SUBDIMENSIONS["mmlu"]
+    return MMLU_SUBJECTS[subdims[index % len(subdims)]][index // len(subdims) % 2]
 
 
 def _transcript(
@@ -101,7 +104,7 @@ def _score(pack: str, index: int, value: float) -> Score:
     subdim = subdims[index % len(subdims)]
     details: dict[str, Any] = {}
     if pack == "mmlu":
-        details["subject"] = MMLU_SUBJECTS[subdim][index // len(subdims) % 2]
+        details["subject"] = _subject(index)
     return Score(
         value=value,
         passed=value >= 1.0,

@@ -187,6 +187,24 @@ def _keys(plan: dict[str, Any], folder: Path, base: Path, data_dir: Path = DATA_
 
 @needs_data
 @pytest.mark.engine
+def test_a_plan_run_gets_the_plan_sections_as_run_options(tmp_path: Path, scripted_model: Path) -> None:
+    from bench.candidate import prepare
+    from bench.run.options import EvalOptions
+    from bench.serve.options import ServeOptions
+
+    (tmp_path / "t.j2").write_text("{{ messages }}")
+    path = write_plan(tmp_path, tiny_plan(**{"vllm.chat_template": "t.j2", "vllm.args": ["--seed=1"]}))
+    prepared = prepare(load_plan(path), path, scripted_model, data_dir=DATA_DIR, vllm_python=sys.executable)
+    options = prepared.run_options(prepared.base_run, scripted_model, tmp_path / "runs")
+    # The plan's vllm: section with the interpreter and the template resolved, nothing copied by hand.
+    assert options.serve == ServeOptions(python=sys.executable, max_model_len=1024, chat_template=str(tmp_path / "t.j2"),
+                                         args=["--seed=1"])
+    assert options.evaluate == EvalOptions(packs="smoke", tier="quick", limit=2)
+    assert (options.served_model_name, options.run_id, options.runs_dir) == ("base", "base", str(tmp_path / "runs"))
+
+
+@needs_data
+@pytest.mark.engine
 def test_cache_keys_change_with_inputs_and_only_then(tmp_path: Path, scripted_model: Path) -> None:
     base = _keys(tiny_plan(), tmp_path, scripted_model)
     assert list(base) == ["run:base", "prune:local-sample-k4", "quantize:local-sample-k4-fp8dense",
@@ -196,7 +214,8 @@ def test_cache_keys_change_with_inputs_and_only_then(tmp_path: Path, scripted_mo
 
     # Settings that do not change what is measured: same keys.
     for change in ({"evaluate.concurrency": 2}, {"evaluate.request_timeout_s": 10.0},
-                   {"vllm.startup_timeout_s": 60.0}, {"prune.device": "cpu:0"}, {"description": "other words"}):
+                   {"vllm.startup_timeout_s": 60.0}, {"vllm.port": 8123}, {"prune.device": "cpu:0"},
+                   {"description": "other words"}):
         assert _keys(tiny_plan(**change), tmp_path, scripted_model) == base, change
 
     def roles(keys: dict[str, str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -221,3 +222,160 @@ def test_third_party_pack_is_discovered_without_touching_core(tmp_path: Path) ->
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout
     assert out.startswith("echo 7") and "'echo'" in out
+
+
+# --- run options: declared once, checked once, stored nested, old flat manifests still resume ---
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Files that carry run settings from the flags, a plan or a manifest to the server and the client.
+SETTINGS_FILES = [path for d in ("run", "serve", "candidate") for path in sorted((REPO_ROOT / "harness" / d).glob("*.py"))]
+SETTINGS_FILES += [REPO_ROOT / "harness" / "cli" / "run.py", REPO_ROOT / "harness" / "cli" / "candidate.py"]
+# Restatements known and left for their owners: the stored manifest's defaults (records.py) and the
+# bootstrap seed parameter of build_results (aggregate.py), which callers pass the run's seed.
+KNOWN_RESTATED = {("records.py", "repeats"), ("records.py", "seed"), ("records.py", "concurrency"),
+                  ("aggregate.py", "seed")}
+
+
+def _literal_pattern(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return rf"{int(value)}(?:\.0)?\b"
+    if isinstance(value, int):
+        return rf"{value}\b(?!\.)"
+    return rf"[\"']{re.escape(str(value))}[\"']"
+
+
+def test_every_run_setting_default_is_written_once() -> None:
+    """Each option field's default literal is bound to that setting in exactly one place: its model
+    (or a module constant the model uses).
+
+    A flag, a plan field, a dataclass or a keyword argument that restates ``max_model_len = 2048``
+    (or ``= Field(2048``, ``= Path("runs")``, ``max_model_len=2048``) fails here.
+    """
+    from bench.cli.run import EVAL_FLAGS, RUN_FLAGS, SERVE_FLAGS
+    from bench.run.options import EvalOptions, RunOptions
+    from bench.serve.options import ServeOptions
+
+    sources = {path: [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+               for path in SETTINGS_FILES}
+    checked = 0
+    for model, flags in ((ServeOptions, SERVE_FLAGS), (EvalOptions, EVAL_FLAGS), (RunOptions, RUN_FLAGS)):
+        for name, info in model.model_fields.items():
+            if info.default is None or info.default_factory is not None:
+                continue
+            spellings = {name} | {flag.lstrip("-").replace("-", "_") for flag, field in flags.items() if field == name}
+            names, literal = "|".join(sorted(spellings)), _literal_pattern(info.default)
+            pattern = re.compile(rf"\b(?:{names})\b[^=\n]*(?<![=!<>])=\s*(?:\w+\(\s*)?(?:default=)?{literal}"
+                                 rf"|^[A-Z][A-Z0-9_]*\s*=\s*{literal}")  # or a module constant that holds it
+            hits = [(path.name, line.strip()) for path, lines in sources.items() for line in lines if pattern.search(line)]
+            hits = [hit for hit in hits if (hit[0], name) not in KNOWN_RESTATED]
+            assert len(hits) == 1, f"{model.__name__}.{name} = {info.default!r} is written {len(hits)} times: {hits}"
+            checked += 1
+    assert checked >= 12
+
+
+def test_plan_sections_are_the_run_option_models() -> None:
+    from bench.candidate.plan import EvaluateSpec, Plan
+    from bench.run.options import EvalOptions
+    from bench.serve.options import ServeOptions
+
+    plan = Plan.model_validate({"prune": {"ratios": [0.5], "mixes": ["m"]},
+                                "evaluate": {"packs": ["smoke", "mmlu"], "pack_options": {"mmlu": {"shots": 5, "cot": True}}},
+                                "vllm": {"python": "/usr/bin/python3", "args": ["--seed=1"]}})
+    assert isinstance(plan.vllm, ServeOptions) and isinstance(plan.evaluate, EvalOptions)
+    assert plan.evaluate.packs == "smoke,mmlu"
+    assert plan.evaluate.pack_options == {"mmlu": {"shots": "5", "cot": "true"}}
+    assert plan.vllm.python == "/usr/bin/python3" and plan.vllm.args == ["--seed=1"]
+    # The plan's one stated difference: it runs the quick tier unless told otherwise.
+    assert EvaluateSpec().tier == "quick" and EvalOptions().tier == "full"
+    assert {n: f.default for n, f in EvaluateSpec.model_fields.items() if n != "tier"} == \
+        {n: f.default for n, f in EvalOptions.model_fields.items() if n != "tier"}
+
+
+def test_launch_and_client_take_their_values_from_the_options(tmp_path: Path) -> None:
+    from bench.run.options import EvalOptions
+    from bench.serve.launch import LaunchConfig, build_command
+    from bench.serve.model_info import ParserChoice
+    from bench.serve.options import ServeOptions
+
+    config = LaunchConfig(model=tmp_path, served_model_name="m", parsers=ParserChoice("qwen3", None, "test"),
+                          serve=ServeOptions(python=sys.executable, args=["--seed=3"]))
+    command = build_command(config, 8000)
+    assert command[command.index("--max-model-len") + 1] == str(ServeOptions().max_model_len)
+    assert command[-1] == "--seed=3" and "--tool-call-parser" not in command
+    options = EvalOptions(concurrency=3, request_timeout_s=7.5)
+    client = ClientConfig.for_run(["http://x/v1"], "m", options)
+    assert (client.concurrency, client.timeout_s) == (3, 7.5)
+    assert (ClientConfig(["u"], "m").concurrency, ClientConfig(["u"], "m").timeout_s) == \
+        (EvalOptions().concurrency, EvalOptions().request_timeout_s)
+
+
+def test_sampling_maps_to_request_fields_in_one_place() -> None:
+    from bench.pack import Sampling
+    from bench.run.client import request_fields
+    from bench.run.options import EvalOptions
+
+    sampling = EvalOptions(temperature=0.6, no_thinking=True).sampling_for(Sampling(max_tokens=64, top_p=0.95, top_k=20))
+    kwargs, extra = request_fields(sampling.model_copy(update={"seed": 4}))
+    assert kwargs == {"temperature": 0.6, "max_tokens": 64, "top_p": 0.95, "seed": 4}
+    assert extra == {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}
+    assert request_fields(Sampling()) == ({"temperature": 0.0, "max_tokens": 512}, {})
+
+
+FLAT_OPTIONS = {  # manifest.json "options" as runs written before the nested shape stored them
+    "model": None, "endpoints": ["http://127.0.0.1:8000/v1"], "served_model_name": "scripted",
+    "vllm_python": "/opt/vllm/bin/python", "port": None, "max_model_len": 1024, "chat_template": None,
+    "reasoning_parser": "qwen3", "tool_call_parser": "auto", "vllm_args": ["--seed=1"], "packs": "smoke",
+    "pack_options": {"smoke": {"k": "v"}}, "tier": "quick", "limit": 3, "repeats": 2, "seed": 5, "concurrency": 4,
+    "temperature": 0.2, "max_tokens": 99, "no_thinking": True, "request_timeout_s": 30.0, "startup_timeout_s": 60.0,
+    "runs_dir": "somewhere", "run_id": "old",
+}
+
+
+def _run_dir_with_options(root: Path, options: dict) -> Path:
+    from bench.run.records import Manifest, ServerInfo
+
+    store = RunStore.create(root, "r")
+    store.write_manifest(Manifest(run_id="r", created_at="t", bench_version="0", model=None,
+                                  server=ServerInfo(launched=False), packs=[], options=options))
+    return store.root
+
+
+def test_flat_options_of_an_older_run_are_read_for_resume(tmp_path: Path) -> None:
+    from bench.run.evaluation import options_from_run
+    from bench.run.options import RunOptions
+
+    options = options_from_run(_run_dir_with_options(tmp_path / "old", FLAT_OPTIONS))
+    assert options.serve.python == "/opt/vllm/bin/python" and options.serve.args == ["--seed=1"]
+    assert options.serve.max_model_len == 1024 and options.serve.reasoning_parser == "qwen3"
+    assert options.evaluate.model_dump() == {k: FLAT_OPTIONS[k] for k in options.evaluate.model_dump()}
+    assert (options.served_model_name, options.runs_dir, options.run_id) == ("scripted", "somewhere", "old")
+    # Written again, the run stores the nested shape, which reads back the same.
+    nested = _run_dir_with_options(tmp_path / "new", options.model_dump(mode="json"))
+    assert options_from_run(nested) == options
+    assert set(options.model_dump()) == set(RunOptions.model_fields)
+
+
+def test_a_broken_stored_option_is_one_line(tmp_path: Path) -> None:
+    from bench.run.evaluation import options_from_run
+
+    with pytest.raises(UserError, match=r"options\.evaluate\.concurrency: Input should be greater than or equal to 1"):
+        options_from_run(_run_dir_with_options(tmp_path, {**FLAT_OPTIONS, "concurrency": 0}))
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["run", "--model", "x", "--max-model-len", "0"], "error: --max-model-len 0: input should be greater than or equal to 1"),
+        (["run", "--model", "x", "--tier", "fast"], "error: --tier 'fast': input should be 'quick' or 'full'"),
+        (["run", "--endpoint", "x", "--repeats", "0"], "error: --repeats 0: input should be greater than or equal to 1"),
+        (["serve", "--model", "x", "--port", "70000"], "error: --port 70000: input should be less than or equal to 65535"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line(args: list[str], line: str) -> None:
+    from conftest import bench_cmd
+
+    result = subprocess.run([*bench_cmd(), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == line

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.engine import append_writer
-from bench.engine.append_writer import AppendWriter, write_all
+from bench.engine.compute import append_writer
+from bench.engine.compute.append_writer import AppendWriter, write_all
 
 
 def _open(path: Path) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.engine.calibration import (
+from bench.engine.planning.calibration import (
     build_samples,
     convert_row,
     load_mix,
@@ -112,7 +112,7 @@ def test_preflight_reads_no_weights(model: Path, tmp_path: Path) -> None:
 
 
 def test_xlam_row_renders_tools_and_tool_calls(model: Path) -> None:
-    from bench.engine.calibration import DatasetSpec
+    from bench.engine.planning.calibration import DatasetSpec
 
     spec = DatasetSpec(adapter="xlam-function-calling", count=1)
     row = {
@@ -145,14 +145,14 @@ def test_xlam_row_renders_tools_and_tool_calls(model: Path) -> None:
     ],
 )
 def test_adapters_render_through_the_chat_template(model: Path, adapter: str, row: dict, expected: str) -> None:
-    from bench.engine.calibration import DatasetSpec
+    from bench.engine.planning.calibration import DatasetSpec
 
     text = render(convert_row(DatasetSpec(adapter=adapter, count=1), row, 0), load_tokenizer(model))
     assert "<|im_start|>assistant" in text and expected in text
 
 
 def test_wrong_type_is_named(tmp_path: Path) -> None:
-    from bench.engine.calibration import DatasetSpec
+    from bench.engine.planning.calibration import DatasetSpec
 
     spec = DatasetSpec(adapter="evol-codealpaca", name="code", count=1)
     with pytest.raises(UserError, match=r"'code'.*row 3: field 'output' should be str, found int"):

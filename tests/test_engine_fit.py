@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.engine.checkpoint import Checkpoint
-from bench.engine.fit import FitRequest, fit, kv_cache_bytes_per_token, predicted_sizes, render_fit
-from bench.engine.moe import resolve
-from bench.engine.prune import plan_pruned, write_pruned
+from bench.engine.compute.prune import write_pruned
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.fit import FitRequest, fit, kv_cache_bytes_per_token, predicted_sizes, render_fit
+from bench.engine.planning.moe import resolve
+from bench.engine.planning.prune_plan import plan_pruned
 from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
@@ -29,7 +30,7 @@ def written_bytes(path: Path) -> int:
 
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 def test_fit_predicts_written_sizes_within_2_percent(tmp_path: Path, layout: str) -> None:
-    from bench.engine.fp8 import quantize_checkpoint
+    from bench.engine.compute.fp8 import quantize_checkpoint
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layout=layout, layers=3)
     checkpoint = Checkpoint.open(source)
@@ -100,7 +101,7 @@ def test_fit_reads_no_weights_and_needs_no_torch(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from pathlib import Path\n"
-        "from bench.engine.fit import FitRequest, fit, render_fit\n"
+        "from bench.engine.planning.fit import FitRequest, fit, render_fit\n"
         f"print(render_fit(fit(FitRequest(Path({str(source)!r}), gpu_gib=0.0001, context=8, concurrency=1,"
         " overhead_gib=0))))\n"
     )

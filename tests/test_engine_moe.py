@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.engine.checkpoint import Checkpoint
-from bench.engine.moe import family_for, resolve, set_expert_count
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.moe import family_for, resolve, set_expert_count
 from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import vllm_python
 
-from bench.engine.checkpoint import Checkpoint
-from bench.engine.moe import resolve
-from bench.engine.prune import PruneOptions, keep_count, prune_checkpoint, select_experts
+from bench.engine.compute.prune import prune_checkpoint
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.moe import resolve
+from bench.engine.planning.prune_plan import PruneOptions, keep_count, select_experts
 from bench.errors import UserError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("single_thread")]
@@ -26,7 +27,7 @@ needs_data = pytest.mark.skipif(not (DATA / "calibration").is_dir(), reason="sha
 
 @pytest.fixture(scope="module")
 def mix():  # type: ignore[no-untyped-def]
-    from bench.engine.calibration import load_mix
+    from bench.engine.planning.calibration import load_mix
 
     return load_mix("local-sample", data_dir=DATA, seq_len=64, samples=6).model_copy(
         update={"datasets": [d.model_copy(update={"count": 2}) for d in load_mix("local-sample").datasets]}
@@ -41,7 +42,7 @@ def load(path: Path):  # type: ignore[no-untyped-def]
 
 def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
     """Layers rebuilt from safetensors one at a time reproduce transformers' own hidden states."""
-    from bench.engine.reap import LayerRunner
+    from bench.engine.compute.reap import LayerRunner
 
     for family, layout in [("qwen3_moe", "fused"), ("mixtral", "per_expert"), ("deepseek_v3", "per_expert"),
                            ("qwen3_5_moe", "fused")]:  # hybrid: Gated DeltaNet layers and a shared expert
@@ -59,7 +60,7 @@ def test_layer_streamed_forward_is_the_models_forward(tmp_path: Path) -> None:
 
 def test_built_layer_keeps_bfloat16_experts_and_computes_as_float32(tmp_path: Path) -> None:
     """Experts stay at their stored precision (half the memory) and the layer's output is unchanged."""
-    from bench.engine.reap import LayerRunner
+    from bench.engine.compute.reap import LayerRunner
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
     checkpoint = Checkpoint.open(path)
@@ -82,7 +83,7 @@ def test_scored_layer_is_freed_without_the_cycle_collector(tmp_path: Path) -> No
     import gc
     import weakref
 
-    from bench.engine.reap import LayerRunner, LayerStats, _experts_module, attach_experts_forward
+    from bench.engine.compute.reap import LayerRunner, LayerStats, _experts_module, attach_experts_forward
 
     path = build_tiny(tmp_path / "m", "qwen3_moe", layout="per_expert", layers=2, tokenizer=False)
     checkpoint = Checkpoint.open(path)
@@ -106,11 +107,11 @@ def test_peak_rss_is_this_process_not_its_parent() -> None:
     import subprocess
     import sys
 
-    from bench.engine.reap import peak_rss_bytes
+    from bench.engine.compute.memory import peak_rss_bytes
 
     ballast = bytearray(300 << 20)  # touched below, so the parent is resident at 300 MiB+
     ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
-    child = subprocess.run([sys.executable, "-c", "from bench.engine.reap import peak_rss_bytes; "
+    child = subprocess.run([sys.executable, "-c", "from bench.engine.compute.memory import peak_rss_bytes; "
                             "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
     assert int(child.stdout) < 200 << 20 < peak_rss_bytes()
     del ballast
@@ -152,7 +153,7 @@ def test_pruned_checkpoint_is_a_sliced_copy_that_transformers_loads(tmp_path: Pa
 @needs_data
 def test_pruned_layer_built_in_memory_is_the_written_layer(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
     """What scoring hands to the next layer is exactly what the written checkpoint computes."""
-    from bench.engine.reap import LayerRunner
+    from bench.engine.compute.reap import LayerRunner
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=2)
     prune_checkpoint(source, tmp_path / "out", mix, PruneOptions(keep=3, renormalize=False))
@@ -170,8 +171,8 @@ def test_pruned_layer_built_in_memory_is_the_written_layer(tmp_path: Path, mix) 
 
 @needs_data
 def test_propagation_choice_changes_only_later_layers(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from bench.engine.calibration import build_samples
-    from bench.engine.reap import score_experts
+    from bench.engine.compute.reap import score_experts
+    from bench.engine.planning.calibration import build_samples
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=3)
     checkpoint = Checkpoint.open(source)
@@ -190,8 +191,8 @@ def test_propagation_choice_changes_only_later_layers(tmp_path: Path, mix) -> No
 
 @needs_data
 def test_criteria_and_seeded_random(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from bench.engine.calibration import build_samples
-    from bench.engine.reap import score_experts
+    from bench.engine.compute.reap import score_experts
+    from bench.engine.planning.calibration import build_samples
 
     source = build_tiny(tmp_path / "src", "qwen3_moe", layers=1)
     checkpoint = Checkpoint.open(source)
@@ -268,17 +269,18 @@ def test_cli_prune_end_to_end(tmp_path: Path) -> None:
 @needs_data
 @pytest.mark.vllm
 def test_pruned_scripted_model_is_served_by_vllm_and_passes_preflight(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
-    from bench.serve.model_info import choose_parsers, read_checkpoint
+    from bench.engine.toys.builders import build_scripted
     from bench.run.client import ChatClient, ClientConfig
-    from bench.engine.toy import build_scripted
-    from bench.serve.preflight import PreflightOptions, first_failure, run_preflight
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.model_info import choose_parsers, read_checkpoint
+    from bench.serve.options import ServeOptions
+    from bench.serve.preflight import PreflightOptions, first_failure, run_preflight
 
     source = build_scripted(tmp_path / "scripted")
     prune_checkpoint(source, tmp_path / "pruned", mix, PruneOptions(compression=0.5))
     parsers = choose_parsers(read_checkpoint(tmp_path / "pruned"))
     config = LaunchConfig(model=tmp_path / "pruned", served_model_name="pruned", parsers=parsers,
-                          python=vllm_python(), max_model_len=1024, cache_root=tmp_path / "vllm-cache")
+                          serve=ServeOptions(python=vllm_python(), max_model_len=1024), cache_root=tmp_path / "vllm-cache")
 
     async def probe(base_url: str) -> list:  # type: ignore[type-arg]
         client = ChatClient(ClientConfig(endpoints=[f"{base_url}/v1"], model="pruned", concurrency=1))

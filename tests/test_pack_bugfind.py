@@ -18,13 +18,15 @@ from bench import registry
 from bench.errors import UserError
 from bench.pack import Item
 from bench.sandbox import sandbox_backend
-from bench.testing import transcript_for_answer, transcript_for_text
+from bench.run.aggregate import build_results
+from bench.testing import record_for, transcript_for_answer, transcript_for_text
 from bench.packs.bugfind import BugFindPack
 from bench.packs.bugfind.extract import extract_answer
 from bench.packs.bugfind.hidden import run_hidden_tests
-from bench.packs.bugfind.pack import ITEMS_PATH, load_items, number_lines
+from bench.packs.bugfind.pack import load_items, number_lines
 
 REPO = Path(__file__).resolve().parents[1]
+ITEMS_PATH = Path(str(BugFindPack.resource("items.jsonl")))
 ALL_ITEMS = load_items()
 BY_ID = {item.id: item for item in ALL_ITEMS}
 
@@ -37,7 +39,7 @@ def pack() -> BugFindPack:
 @pytest.fixture(scope="module")
 def fast_pack() -> BugFindPack:
     """Short wall clock, for fixes that never finish."""
-    return BugFindPack(hidden_test_timeout_s=3.0)
+    return BugFindPack(timeout_s=3.0)
 
 
 def fenced(code: str, language: str = "python") -> str:
@@ -103,11 +105,13 @@ def test_number_lines_format() -> None:
 
 
 def test_options_set_the_hidden_test_clock() -> None:
-    assert registry.load("bugfind", {"timeout_s": "4.5"})._timeout_s == 4.5
-    with pytest.raises(UserError, match="no option"):
+    assert registry.load("bugfind", {"timeout_s": "4.5"}).timeout_s == 4.5
+    with pytest.raises(UserError, match="pack 'bugfind' has no option 'workers'; its options: timeout_s"):
         BugFindPack.from_options({"workers": "2"})
-    with pytest.raises(UserError, match="must be a number"):
+    with pytest.raises(UserError, match="option timeout_s='soon': input should be a valid number"):
         BugFindPack.from_options({"timeout_s": "soon"})
+    with pytest.raises(UserError, match="timeout_s='900': input should be less than or equal to 600"):
+        BugFindPack.from_options({"timeout_s": "900"})
 
 
 def test_sampling_is_deterministic_and_sized() -> None:
@@ -361,16 +365,21 @@ def test_printed_fake_result_does_not_pass(fast_pack: BugFindPack) -> None:
 def test_aggregate_by_kind_language_and_false_alarms(pack: BugFindPack) -> None:
     chunk, runs, having = BY_ID["py-chunk"], BY_ID["py-ok-count-runs"], BY_ID["sql-having"]
     answers = [(chunk, chunk.reference), (runs, runs.wrong[0]), (having, having.reference)]
-    records: list[dict[str, Any]] = []
+    records = []
     for item, answer in answers:
         assert answer is not None
-        score = pack.score(item, transcript_for_answer(answer))
-        records.append({"item_id": item.id, "score": score.model_dump(mode="json")})
-    records.append({"item_id": "py-median", "score": None})
+        records.append(record_for(pack, item, transcript_for_answer(answer)))
+    failed = record_for(pack, BY_ID["py-median"], transcript_for_answer({"content": ""}))
+    records.append(failed.model_copy(update={"score": None}))
+    results = build_results("r", {"bugfind": pack}, records, {"bugfind": 4})
+    breakdowns = results.packs["bugfind"].breakdowns
+    assert breakdowns["kind"]["off_by_one"].pass_rate.mean == 1.0 and breakdowns["kind"]["off_by_one"].score.n == 1
+    assert breakdowns["kind"]["no_bug"].pass_rate.mean == 0.0
+    assert breakdowns["language"]["sql"].pass_rate.mean == 1.0
+    # A failed record is left out of its groups' figures, as of the score, but its group is listed.
+    assert breakdowns["language"]["python"].score.n == 2
+    assert (BY_ID["py-median"].data["bug"] or {}).get("kind", "no_bug") in breakdowns["kind"]
     figures = pack.aggregate(records)
-    assert figures["by_bug_kind"]["off_by_one"] == {"n": 1, "passed": 1, "rate": 1.0}
-    assert figures["by_bug_kind"]["no_bug"]["passed"] == 0
-    assert figures["by_language"]["sql"]["passed"] == 1
     assert figures["false_alarm_rate"] == 1.0
     assert figures["unscored"] == 1
     assert figures["extraction_rules"]["line_tag+fence_lang"] == 3

@@ -12,6 +12,8 @@ import pytest
 
 from bench.errors import UserError
 from bench.pack import Item, Score
+from bench.run.aggregate import build_results
+from bench.testing import record_for
 from bench.transcript import Exchange, Request, Response, Transcript
 from bench.packs.code import KNOWN_DEFECTS, QUICK_IDS, CodePack, Sample, build_solution, check
 from bench.packs.code import data as code_data
@@ -122,11 +124,11 @@ def test_known_evalplus_defect_is_corrected_and_reported(pack: CodePack) -> None
     assert (good.details["evalplus_base_status"], good.details["evalplus_plus_status"]) == ("fail", "fail")
     assert "find_zero" in good.details["known_evalplus_defect"]
     assert not wrong.passed and not off.passed and off.details["base_status"] == "fail"
-    records = [{"item_id": item.id, "score": s.model_dump()} for s in (good, wrong, off)]
+    records = [record_for(pack, item, reply("stored"), score=s) for s in (good, wrong, off)]
     summary = pack.aggregate(records)
     assert summary["known_evalplus_defect"]["HumanEval/32"]["plus_pass_corrected"] == 1
     assert summary["known_evalplus_defect"]["HumanEval/32"]["plus_pass_evalplus"] == 0
-    assert summary["plus_pass"] == pytest.approx(1 / 3) and summary["plus_pass_evalplus"] == 0.0
+    assert summary["plus_pass_evalplus"] == 0.0
 
 
 def test_aggregate_counts_base_plus_and_failures(pack: CodePack) -> None:
@@ -136,9 +138,11 @@ def test_aggregate_counts_base_plus_and_failures(pack: CodePack) -> None:
     scores = pack.score_many(
         [(a, reply(a.reference["content"] if a.reference else "")), (b, reply(b.wrong[0]["content"])), (c, reply("Sorry, no."))]
     )
-    summary = pack.aggregate([{"item_id": i.id, "score": s.model_dump()} for i, s in zip((a, b, c), scores)])
-    assert summary["n"] == 3 and summary["base_pass"] == pytest.approx(1 / 3)
+    records = [record_for(pack, i, reply("stored"), score=s) for i, s in zip((a, b, c), scores)]
+    summary = pack.aggregate(records)
     assert summary["plus_status_counts"] == {"fail": 2, "pass": 1}
+    # Status counts are figures, not a breakdown: code declares none, and results.json says so.
+    assert build_results("r", {"code": pack}, records, {"code": 3}).packs["code"].breakdowns == {}
     assert summary["no_code"] == 1 and summary["errors"] == 0
 
 
@@ -227,8 +231,10 @@ def test_missing_data_is_a_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_options() -> None:
     pack = CodePack.from_options({"workers": "3", "time_limit_factor": "8"})
     assert (pack.workers, pack.time_limit_factor) == (3, 8.0)
-    with pytest.raises(UserError, match="no option"):
+    with pytest.raises(UserError, match="pack 'code' has no option 'shots'; its options: workers"):
         CodePack.from_options({"shots": "1"})
+    with pytest.raises(UserError, match="option workers='0': input should be greater than or equal to 1"):
+        CodePack.from_options({"workers": "0"})
     with pytest.raises(UserError, match="must be positive"):
         CodePack(time_limit_factor=0)
 

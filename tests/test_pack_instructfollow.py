@@ -15,8 +15,10 @@ from bench.run.records import ItemRecord
 from bench.testing import transcript_for_answer, transcript_for_text
 from bench.transcript import Transcript
 from bench.packs.instructfollow import InstructFollowPack, checks, scoring, text
-from bench.packs.instructfollow.pack import ITEMS_PATH, load_items
+from bench.packs.instructfollow.pack import load_items
 from bench.packs.instructfollow.schema import build_item_schema, load_item_schema
+
+ITEMS_PATH = Path(str(InstructFollowPack.resource("items.jsonl")))
 
 
 def reply(content: str | None, finish_reason: str = "stop", reasoning: str | None = None) -> Transcript:
@@ -273,7 +275,7 @@ def test_unjudgeable_replies_keep_their_status_and_instruction_count(pack: Instr
 # --- aggregation over stored records ----------------------------------------------------------
 
 
-def _record(pack: InstructFollowPack, item_id: str, content: str, finish_reason: str = "stop") -> dict[str, Any]:
+def _record(pack: InstructFollowPack, item_id: str, content: str, finish_reason: str = "stop") -> ItemRecord:
     item = pack.item_by_id(item_id)
     assert item is not None
     transcript = reply(content, finish_reason=finish_reason)
@@ -281,7 +283,7 @@ def _record(pack: InstructFollowPack, item_id: str, content: str, finish_reason:
         pack=pack.name, pack_version=pack.version, item_id=item_id, transcript=transcript,
         score=pack.score(item, transcript), started_at="t0", finished_at="t1", elapsed_s=0.1,
     )
-    return record.model_dump(mode="json")
+    return record
 
 
 def test_aggregate_prompt_and_instruction_accuracy(pack: InstructFollowPack) -> None:
@@ -306,6 +308,6 @@ def test_aggregate_prompt_and_instruction_accuracy(pack: InstructFollowPack) -> 
 
 def test_aggregate_counts_records_without_a_score_as_unscored(pack: InstructFollowPack) -> None:
     record = _record(pack, "stale-bread", "text")
-    record["score"] = None
+    record.score = None
     summary = pack.aggregate([record])
     assert summary["unscored"] == 1 and summary["prompt_strict"] == 0.0 and summary["instruction_strict"] is None

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UserError
-from bench.pack import Score
+from bench.pack import Item, Score
+from bench.run.aggregate import build_results
+from bench.run.records import ItemRecord
+from bench.testing import record_for
 from bench.transcript import Exchange, Request, Response, Transcript
 from bench.packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
 from bench.packs.mmlu.pack import QUICK_IDS
@@ -148,8 +151,8 @@ def test_unjudgeable_replies_keep_their_status(pack: MMLUPack) -> None:
     assert empty.status == "empty"
 
 
-def _record(item_id: str, score: Score) -> dict[str, object]:
-    return {"item_id": item_id, "score": score.model_dump()}
+def _record(pack: MMLUPack, item: Item, score: Score) -> ItemRecord:
+    return record_for(pack, item, reply("stored"), score=score)
 
 
 def test_aggregate_reports_subjects_categories_unparseable_and_dead_categories(pack: MMLUPack) -> None:
@@ -162,16 +165,18 @@ def test_aggregate_reports_subjects_categories_unparseable_and_dead_categories(p
             content = item.wrong[0]["content"]
         else:
             content = item.reference["content"] if item.reference else ""
-        records.append(_record(item.id, pack.score(item, reply(content))))
+        records.append(_record(pack, item, pack.score(item, reply(content))))
+    packed = build_results("r", {"mmlu": pack}, records, {"mmlu": 114}).packs["mmlu"]
+    subjects, categories = packed.breakdowns["subject"], packed.breakdowns["category"]
+    assert len(subjects) == 57 and all(entry.score.n == 2 for entry in subjects.values())
+    assert subjects["sociology"].score.mean == 1.0 and subjects["sociology"].score.low is not None
+    assert categories["humanities"].score.n == 26 and categories["humanities"].score.mean == 0.0
+    assert categories["social_sciences"].score.mean == 1.0
+    assert packed.score.mean == pytest.approx((24 + 28) / 114)
     result = pack.aggregate(records)
-    assert len(result["subjects"]) == 57
-    assert all(entry["n"] == 2 for entry in result["subjects"].values())
-    assert result["subjects"]["sociology"]["accuracy"] == 1.0
-    assert result["categories"]["humanities"] == {"n": 26, "correct": 0.0, "accuracy": 0.0}
-    assert result["categories"]["social_sciences"]["accuracy"] == 1.0
     assert result["unparseable"] == 26
     assert sorted(result["dead_categories"]) == ["humanities", "stem"]
-    assert result["accuracy"] == pytest.approx((24 + 28) / 114)
+    assert "subjects" not in result and "categories" not in result
 
 
 def test_few_shot_prepends_same_subject_dev_examples() -> None:
@@ -192,10 +197,12 @@ def test_few_shot_prepends_same_subject_dev_examples() -> None:
 def test_bad_options_and_paths_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="shots"):
         MMLUPack(shots=9)
-    with pytest.raises(UserError, match="no option"):
+    with pytest.raises(UserError, match=r"pack 'mmlu' has no option 'shot'; its options: shots \(int, default 0\)"):
         MMLUPack.from_options({"shot": "2"})
-    with pytest.raises(UserError, match="not an integer"):
+    with pytest.raises(UserError, match="option shots='five': input should be a valid integer"):
         MMLUPack.from_options({"shots": "five"})
+    with pytest.raises(UserError, match="shots='9': input should be less than or equal to 5"):
+        MMLUPack.from_options({"shots": "9"})
     with pytest.raises(UserError, match="mmlu_all_test.parquet"):
         MMLUPack(data_dir=tmp_path).items()
     (tmp_path / "mmlu").mkdir()

@@ -12,8 +12,11 @@ import pytest
 
 from bench import registry
 from bench.errors import UserError
-from bench.pack import Item, Score
+from bench.pack import Item, Sampling, Score
+from bench.run.aggregate import build_results
+from bench.run.records import ItemRecord
 from bench.run.session import Session
+from bench.testing import record_for, transcript_for_text
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 from bench.packs.toolcall import ToolCallPack
 from bench.packs.toolcall.data import ITEMS_PATH, load_catalog, load_items
@@ -55,7 +58,7 @@ def play(pack: ToolCallPack, item: Item, shape: dict[str, Any]) -> tuple[Score, 
     """Run the item through the pack's own run_item against scripted replies, then score it."""
     turns = shape["turns"] if "turns" in shape else [shape]
     chat = ScriptedChat([to_response(turn) for turn in turns])
-    session = Session(chat, {"temperature": 0.0})
+    session = Session(chat, Sampling(temperature=0.0))
     asyncio.run(pack.run_item(item, session))
     assert not chat.replies, f"{item.id}: run_item stopped before using every scripted reply"
     return pack.score(item, session.transcript), chat, session
@@ -467,16 +470,25 @@ def test_limit_takes_every_category_first(pack: ToolCallPack) -> None:
     assert len(pack.limit(pack.items("full"), 1000, seed=1)) == len(pack.items("full"))
 
 
-def test_aggregate_by_category(pack: ToolCallPack) -> None:
-    records: list[dict[str, Any]] = [
-        {"item_id": "restraint-capital", "score": {"value": 1.0, "passed": True, "status": "scored"}},
-        {"item_id": "restraint-poem", "score": {"value": 0.0, "passed": False, "status": "scored"}},
-        {"item_id": "single-stock-nvidia", "score": {"value": 0.0, "passed": False, "status": "truncated"}},
-        {"item_id": "single-order-status", "score": None},
-    ]
-    table = pack.aggregate(records)["by_category"]
-    assert table["restraint"] == {"n": 2, "pass_rate": 0.5, "mean": 0.5, "unscored": 0}
-    assert table["single"] == {"n": 0, "pass_rate": None, "mean": None, "unscored": 1}
+def test_breakdown_by_category(pack: ToolCallPack) -> None:
+    def record(item_id: str, value: float, status: str = "scored", *, failed: bool = False) -> ItemRecord:
+        item = pack.item_by_id(item_id)
+        assert item is not None
+        score = Score(value=value, passed=value == 1.0, status=status)  # type: ignore[arg-type]
+        made = record_for(pack, item, transcript_for_text("x"), score=score)
+        return made.model_copy(update={"score": None, "error": "connection refused"}) if failed else made
+
+    records = [
+        record("restraint-capital", 1.0), record("restraint-poem", 0.0),
+        record("single-stock-nvidia", 0.0, "truncated"), record("single-order-status", 0.0, failed=True),
+    ]  # fmt: skip
+    result = build_results("r", {"toolcall": pack}, records, {"toolcall": 4}).packs["toolcall"]
+    table = result.breakdowns["category"]
+    assert table["restraint"].score.mean == 0.5 and table["restraint"].score.n == 2
+    assert table["restraint"].pass_rate.mean == 0.5
+    # A truncated reply is a zero, a failed request is left out: the same rules as the overall score.
+    assert table["single"].score.n == 1 and table["single"].score.mean == 0.0
+    assert result.extra == {}
 
 
 def test_data_hash_covers_items_and_tools(pack: ToolCallPack) -> None:

@@ -108,9 +108,9 @@ def test_dumped_dom_has_the_tables_and_no_active_content(report_file: Path, tmp_
     dom.feed(proc.stdout)
     text = "".join(dom.text)
     assert dom.tags["script"] == 0 and dom.tags["img"] == 0 and dom.tags["iframe"] == 0
-    for table in ("T_stack", "T_packs", "T_subdimensions", "T_mmlu-subjects", "T_timing", "T_health", "T_flips"):
+    for table in ("T_stack", "T_packs", "T_subdimensions", "T_mmlu-subject", "T_timing", "T_health", "T_flips"):
         assert table in dom.ids, table
-    assert dom.tags["svg"] >= 4  # subdimension means and changes, MMLU categories, latency
+    assert dom.tags["svg"] >= 4  # subdimension means and changes, MMLU subjects, latency
     # The markup a model wrote is on the page as text, not as elements.
     assert HOSTILE_CONTENT in text
     assert "FailToolcall" in text
@@ -226,14 +226,11 @@ def test_opens_with_no_console_errors_and_no_network_requests(report_file: Path,
 @pytest.fixture(scope="module")
 def candidates_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A loop-style report through the CLI: candidates.json with a hostile label, one pruned
-    checkpoint recorded by the loop and another found through a run's manifest."""
+    checkpoint recorded by the loop and another kept in a run directory, as ``bench run`` copies it."""
     root = tmp_path_factory.mktemp("candidates")
     base = write_run(root, "base", n_per_pack=20)
     cand = write_run(root, "cand", n_per_pack=20, regress={"toolcall": 0.3})
-    served = write_pruning(root / "served-ckpt", layers=2, experts=6, keep=3)
-    manifest = json.loads((cand / "manifest.json").read_text())
-    manifest["model"] = str(served.parent)
-    (cand / "manifest.json").write_text(json.dumps(manifest))
+    write_pruning(cand, layers=2, experts=6, keep=3)
     summary = sample_summary(runs={"base": base, "mix-k6": cand}, pruning={"mix-k4": write_pruning(root / "k4-ckpt")})
     (root / "candidates.json").write_text(summary.model_dump_json())
     out = root / "report.html"
@@ -254,7 +251,7 @@ def test_candidates_section_opens_with_no_console_errors(candidates_report: Path
     assert _console_errors(events) == []
     assert probe["scripts"] == 0 and probe["images"] == 0
     assert probe["candidates"] is True and probe["hostile_label"] is True
-    # Two maps (score, usage) per pruned checkpoint: 3 layers x 8 experts from the loop, 2 x 6 from the manifest.
+    # Two maps (score, usage) per pruned checkpoint: 3 layers x 8 experts from the loop, 2 x 6 from the run directory.
     assert probe["expert_maps"] == 4
     assert probe["expert_cells"] == 2 * (3 * 8) + 2 * (2 * 6)
     assert probe["pruned_cells"] == 2 * (3 * 4) + 2 * (2 * 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +16,7 @@ from bench.report import html as report
 from bench.candidate.summary import report_table, write_loop_report, write_summary
 from bench.errors import UserError
 from bench.report.candidates import load_candidate_table, table_cells
+from bench.run.checkpoint_facts import copy_checkpoint_facts
 from bench.compare.rundata import load_run
 from rundirs import write_run
 
@@ -139,9 +141,7 @@ def test_broken_or_missing_pruning_records_are_notes(tmp_path: Path) -> None:
     out_of_range.write_text(json.dumps(record))
     table = sample_table(pruning={"mix-k6": bad_json, "mix-k4": out_of_range, "mix-k2": tmp_path / "gone" / "pruning.json"})
     served = write_run(tmp_path, "served", n_per_pack=10)
-    manifest = json.loads((served / "manifest.json").read_text())
-    manifest["model"] = str(bad_json.parent)
-    (served / "manifest.json").write_text(json.dumps(manifest))
+    assert copy_checkpoint_facts(bad_json.parent, served) == [served / "pruning.json"]
     html = report.render_report([load_run(served)], candidates=table)
     notes = re.findall(r'<p class="note">(.*?)</p>', html)
     assert notes == [
@@ -150,17 +150,59 @@ def test_broken_or_missing_pruning_records_are_notes(tmp_path: Path) -> None:
         f"mix-k4: no expert heatmap: pruning record {out_of_range}: layers.0: Value error, kept ids [9] are outside 0..3",
         f"mix-k2: no expert heatmap: pruning record {tmp_path / 'gone' / 'pruning.json'} not found",
     ]
-    assert 'id="pruning"' not in html  # the served checkpoint's record is the broken one already noted
+    assert 'id="pruning"' not in html  # the run's copy is the broken record already noted
     assert expert_svgs(html, "candidates") == []
+
+
+def test_a_run_keeps_its_heatmap_after_the_checkpoint_is_gone(tmp_path: Path) -> None:
+    checkpoint = write_pruning(tmp_path / "ckpt", layers=2, experts=6, keep=3).parent
+    kept, plain = write_run(tmp_path / "runs", "pruned", n_per_pack=10), write_run(tmp_path / "runs", "plain", n_per_pack=10)
+    copy_checkpoint_facts(checkpoint, kept)
+    assert copy_checkpoint_facts(tmp_path / "unpruned", plain) == [] and copy_checkpoint_facts(None, plain) == []
+    record = json.loads((checkpoint / "pruning.json").read_text())
+    shutil.rmtree(checkpoint)
+    for run in (kept, plain):  # the report must not look for the checkpoint, wherever the run says it was
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["model"] != str(checkpoint)
+    html = report.render_report([load_run(plain), load_run(kept)])
+    assert 'href="#pruning"' in html and 'id="candidates"' not in html
+    assert "<summary><code>pruned</code> " in html and "<summary><code>plain</code> " not in html
+    svgs = expert_svgs(html, "pruning")
+    assert len(svgs) == 2
+    assert sum(css == "kept" for css, _ in cells(svgs[0]).values()) == sum(len(layer["kept"]) for layer in record["layers"])
+    assert 'class="note"' not in html
+
+    html = report.render_report([load_run(plain)])
+    assert 'id="pruning"' not in html and 'href="#pruning"' not in html and 'class="note"' not in html
+
+
+def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.run import evaluation
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args: object) -> None:
+        raise Stop
+
+    checkpoint = write_pruning(tmp_path / "ckpt").parent
+    monkeypatch.setattr(evaluation, "_precheck", lambda options: None)
+    monkeypatch.setattr(evaluation, "build_plan", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluation, "_connect", stop)  # nothing is served or asked: only the run directory is made
+    options = evaluation.RunOptions(model=str(checkpoint), runs_dir=str(tmp_path / "runs"), run_id="r")
+    with pytest.raises(Stop):
+        evaluation.execute(options, echo=lambda line: None)
+    assert (tmp_path / "runs" / "r" / "pruning.json").read_bytes() == (checkpoint / "pruning.json").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripted tiny MoE, pruned to half its experts by a real REAP pass on a few lines of text."""
     pytest.importorskip("torch")
-    from bench.engine.calibration import Mix
-    from bench.engine.prune import PruneOptions, prune_checkpoint
-    from bench.engine.toy import build_scripted
+    from bench.engine.compute.prune import prune_checkpoint
+    from bench.engine.planning.calibration import Mix
+    from bench.engine.planning.prune_plan import PruneOptions
+    from bench.engine.toys.builders import build_scripted
 
     import torch
 
@@ -204,9 +246,7 @@ def test_real_pruning_heatmap_in_a_plain_report(tmp_path: Path, pruned: Path) ->
     record = json.loads((pruned / "pruning.json").read_text())
     assert record["n_experts_after"] < record["n_experts_before"]
     run = write_run(tmp_path, "pruned-run", n_per_pack=10)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["server"]["command"][-1] = str(pruned)  # the --model value bench run records
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    copy_checkpoint_facts(pruned, run)  # as bench run does when it creates the run directory
     html = report.render_report([load_run(run)])
     assert 'href="#pruning"' in html and 'id="candidates"' not in html
     _check_maps(expert_svgs(html, "pruning"), record)
@@ -216,9 +256,7 @@ def test_real_pruning_heatmap_in_a_plain_report(tmp_path: Path, pruned: Path) ->
 def test_real_pruning_heatmap_in_a_loop_report(tmp_path: Path, pruned: Path) -> None:
     record = json.loads((pruned / "pruning.json").read_text())
     run = write_run(tmp_path, "pruned-run", n_per_pack=10)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["model"] = str(pruned)  # the same checkpoint the loop recorded: drawn once, in the candidates section
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    copy_checkpoint_facts(pruned, run)  # the same record the loop noted: drawn once, in the candidates section
     html = report.render_report([load_run(run)], candidates=sample_table(pruning={"mix-k4": pruned / "pruning.json"}))
     _check_maps(expert_svgs(html, "candidates"), record)
     assert 'id="pruning"' not in html

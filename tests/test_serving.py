@@ -85,6 +85,8 @@ def test_run_scores_items_and_records_the_stack(smoke_run: Path) -> None:
     assert pack.score.mean == 1.0 and pack.n == 9
     assert pack.health.leaked_markers == 0 and pack.health.truncated == 0
     assert manifest.server.vllm_version and manifest.server.rendered_prompt_sha256
+    assert manifest.options["serve"]["reasoning_parser"] == "auto" and manifest.options["evaluate"]["packs"] == "smoke"
+    assert manifest.packs[0].sampling == {"temperature": 0.0, "max_tokens": 64, "thinking": True}
     assert [c.ok for c in manifest.preflight] == [True] * 4
     say = next(r for r in records if r.item_id == "say-1").transcript.exchanges[0].response
     assert say.reasoning and say.content and "<think>" not in say.content
@@ -95,12 +97,24 @@ def test_run_scores_items_and_records_the_stack(smoke_run: Path) -> None:
     assert len(two.exchanges) == 2 and two.exchanges[1].request.messages[-1]["role"] == "tool"
 
 
-def test_resume_asks_only_unfinished_items(smoke_run: Path, scripted_server: str, tmp_path: Path) -> None:
+def flat_options(options: dict) -> dict:
+    """The stored options in the flat shape of runs written before ``serve``/``evaluate`` were nested."""
+    renamed = {"python": "vllm_python", "args": "vllm_args"}
+    return {**{k: v for k, v in options.items() if k not in ("serve", "evaluate")},
+            **{renamed.get(k, k): v for k, v in options["serve"].items()}, **options["evaluate"]}
+
+
+@pytest.mark.parametrize("stored", ["nested", "flat"])
+def test_resume_asks_only_unfinished_items(smoke_run: Path, scripted_server: str, tmp_path: Path, stored: str) -> None:
     # Copy the finished run, then cut it the way a kill would: 4 whole records and a torn fifth line.
     run = tmp_path / "killed"
     run.mkdir()
     for name in ("manifest.json", "items.jsonl"):
         (run / name).write_bytes((smoke_run / name).read_bytes())
+    if stored == "flat":  # a run directory written before the options were nested still resumes
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["options"] = flat_options(manifest["options"])
+        (run / "manifest.json").write_text(json.dumps(manifest))
     lines = (run / "items.jsonl").read_text().splitlines(keepends=True)
     kept, dropped = lines[:4], lines[4:]
     (run / "items.jsonl").write_text("".join(kept) + dropped[0][:50])

@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from bench.engine import toy  # noqa: E402
-from bench.engine.toy import build_scripted, build_smollm, is_built, scripted_reply  # noqa: E402
+from bench.engine.toys import builders as toy  # noqa: E402
+from bench.engine.toys.builders import build_scripted, build_smollm, is_built  # noqa: E402
+from bench.engine.toys.scripted import scripted_reply  # noqa: E402
 from bench.errors import UserError  # noqa: E402
 
 pytestmark = pytest.mark.engine

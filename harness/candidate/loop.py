@@ -67,7 +67,7 @@ def _finished_results(run_dir: Path) -> Results | None:
 
 def weight_bytes(model_dir: Path) -> int:
     """Bytes of a checkpoint's weight files on disk (headers included)."""
-    from bench.engine.checkpoint import Checkpoint
+    from bench.engine.planning.checkpoint import Checkpoint
 
     return Checkpoint.open(model_dir).file_bytes()
 
@@ -112,7 +112,8 @@ class Loop:
         step = candidate.prune
         if (done := self._cached(step)) is not None:
             return done
-        from bench.engine.prune import PruneOptions, prune_checkpoint
+        from bench.engine.compute.prune import prune_checkpoint
+        from bench.engine.planning.prune_plan import PruneOptions
 
         self._announce(step, f"pruning to {candidate.keep}/{self.prepared.n_experts} experts per layer")
         started = time.monotonic()
@@ -139,7 +140,7 @@ class Loop:
     def quantize(self, step: Step, source: Path) -> Done:
         if (done := self._cached(step)) is not None:
             return done
-        from bench.engine.fp8 import quantize_checkpoint
+        from bench.engine.compute.fp8 import quantize_checkpoint
 
         precision = self.prepared.experts_precision
         self._announce(step, "FP8" + (" (experts kept bf16)" if precision == "bf16" else ""))
@@ -232,7 +233,7 @@ class Loop:
 
     def check_calibration(self) -> None:
         """Calibration preflight of every mix still to be used: a drifted dataset fails in seconds, not after serving."""
-        from bench.engine.calibration import preflight, render_preflight
+        from bench.engine.planning.calibration import preflight, render_preflight
 
         pending = {c.mix_name for c in self.prepared.candidates if self.store.fresh(c.prune) is None}
         for name in sorted(pending):

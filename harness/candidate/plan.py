@@ -1,6 +1,7 @@
 """A candidate plan: what to prune, quantize, run and gate, as data (YAML), validated before use.
 
-The pydantic models below are the single source of the plan's JSON Schema. A file is checked
+The pydantic models below are the single source of the plan's JSON Schema; ``evaluate:`` and
+``vllm:`` are the run's own option models (:class:`EvalOptions`, :class:`ServeOptions`). A file is checked
 against that schema with jsonschema first, so a typo such as ``ratio:`` for ``ratios:`` is one
 line naming the key, where it is and the closest valid key, not a silently ignored setting that
 costs an hour of pruning and serving.
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.datafile import load_data_file
 from bench.errors import UserError
+from bench.pack import Tier
+from bench.run.options import EvalOptions
+from bench.serve.options import ServeOptions
 
 CRITERIA = ("reap", "frequency", "mean-gate", "ean", "random")
 
@@ -67,37 +71,14 @@ class QuantizeSpec(BaseModel):
     block: int | None = Field(default=None, gt=0, description="block scales of BLOCKxBLOCK (e.g. 128) instead of per-channel")
 
 
-PackOptionValue = str | int | float | bool
+class EvaluateSpec(EvalOptions):
+    """``evaluate:``: the run options of ``bench run`` (same fields, same defaults), but for one.
 
+    The one difference: a plan runs the quick tier unless it says otherwise, because it runs every
+    pack once per candidate. ``concurrency`` and ``request_timeout_s`` are not part of the cache key.
+    """
 
-class EvaluateSpec(BaseModel):
-    """Which packs to run on the base and on every candidate, and how."""
-
-    model_config = ConfigDict(extra="forbid")
-    packs: str | list[str] = Field(default="all", description="'all', a comma list, or a list of pack names")
-    tier: Literal["quick", "full"] = "quick"
-    limit: int | None = Field(default=None, ge=1, description="at most N items per pack")
-    repeats: int = Field(default=1, ge=1)
-    seed: int = 0
-    concurrency: int = Field(default=8, ge=1, description="requests in flight; not part of the cache key")
-    temperature: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    no_thinking: bool = False
-    pack_options: dict[str, dict[str, PackOptionValue]] = Field(default_factory=dict)
-    request_timeout_s: float = Field(default=300.0, gt=0, description="not part of the cache key")
-
-
-class VllmSpec(BaseModel):
-    """How each checkpoint is served."""
-
-    model_config = ConfigDict(extra="forbid")
-    python: str | None = Field(default=None, description="interpreter with vLLM (else --vllm-python or BENCH_VLLM_PYTHON)")
-    max_model_len: int = Field(default=2048, gt=0)
-    args: list[str] = Field(default_factory=list, description="extra vLLM arguments, passed through")
-    chat_template: str | None = Field(default=None, description="chat template file (relative to the plan)")
-    reasoning_parser: str = "auto"
-    tool_call_parser: str = "auto"
-    startup_timeout_s: float = Field(default=900.0, gt=0, description="not part of the cache key")
+    tier: Tier = Field(default="quick", description="'quick' (15 items per pack; a plan's default) or 'full'")
 
 
 class Plan(BaseModel):
@@ -110,12 +91,16 @@ class Plan(BaseModel):
     data_dir: str | None = Field(default=None, description="local data root for {data_dir} in mixes (relative to the plan)")
     prune: PruneSpec
     quantize: bool | QuantizeSpec | None = Field(default=None, description="true (defaults), a mapping, or false/null: none")
-    evaluate: EvaluateSpec = Field(default_factory=lambda: EvaluateSpec())
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     gate: str | dict[str, Any] = Field(
         default="default",
         description="gate spec: a YAML/JSON path (relative to the plan), a name in baselines/, or inline",
     )
-    vllm: VllmSpec = Field(default_factory=lambda: VllmSpec())
+    vllm: ServeOptions = Field(
+        default_factory=ServeOptions,
+        description="how each checkpoint is served (the serving flags of bench run); chat_template is relative to "
+        "the plan; port and startup_timeout_s are not part of the cache key",
+    )
 
     @property
     def quantize_spec(self) -> QuantizeSpec | None:
@@ -124,11 +109,6 @@ class Plan(BaseModel):
         if isinstance(self.quantize, QuantizeSpec):
             return self.quantize
         return None
-
-    def pack_list(self) -> str:
-        """The packs as the comma list :class:`bench.run.evaluation.RunOptions` takes."""
-        packs = self.evaluate.packs
-        return ",".join(packs) if isinstance(packs, list) else packs
 
 
 @cache

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import registry
+from bench.candidate.cache import Step
 from bench.candidate.keys import FileDigests, step_key
 from bench.candidate.plan import Plan
-from bench.candidate.cache import Step
+from bench.compare.spec import GateSpec, load_spec, parse_spec
 from bench.errors import UserError
+from bench.run.options import EvalOptions, RunOptions
+from bench.serve.options import ServeOptions
 from bench.shipped import spec_names
 from bench.shipped import spec_path as shipped_spec
-from bench.run.evaluation import RunOptions
-from bench.compare.spec import GateSpec, load_spec, parse_spec
 
 BASE_LABEL = "base"
 Precision = Literal["fp8", "bf16"]
@@ -65,14 +66,13 @@ class Prepared:
     family: str
     n_experts: int
     top_k: int
-    mixes: dict[str, Any]  # mix name -> bench.engine.calibration.Mix
+    mixes: dict[str, Any]  # mix name -> bench.engine.planning.calibration.Mix
     experts_precision: Precision | None  # None: no quantization
     packs: list[str]
     gate_spec: GateSpec
     gate_source: str
-    vllm_python: str
+    serve: ServeOptions  # the plan's vllm: with the interpreter and chat template resolved
     vllm_version: str | None
-    chat_template: Path | None
     base_run: Step
     candidates: list[Candidate]
 
@@ -85,24 +85,12 @@ class Prepared:
 
     def run_options(self, step: Step, model_dir: Path, runs_dir: Path) -> RunOptions:
         """The options of one pack run; the run directory is ``runs_dir/<label>``."""
-        evaluate, vllm = self.plan.evaluate, self.plan.vllm
+        evaluate = EvalOptions.model_validate(self.plan.evaluate.model_dump())
         return RunOptions(
-            model=str(model_dir), served_model_name=step.label, vllm_python=self.vllm_python,
-            max_model_len=vllm.max_model_len, chat_template=str(self.chat_template) if self.chat_template else None,
-            reasoning_parser=vllm.reasoning_parser, tool_call_parser=vllm.tool_call_parser, vllm_args=list(vllm.args),
-            packs=",".join(self.packs), pack_options=_pack_options(self.plan), tier=evaluate.tier,
-            limit=evaluate.limit, repeats=evaluate.repeats, seed=evaluate.seed, concurrency=evaluate.concurrency,
-            temperature=evaluate.temperature, max_tokens=evaluate.max_tokens, no_thinking=evaluate.no_thinking,
-            request_timeout_s=evaluate.request_timeout_s, startup_timeout_s=vllm.startup_timeout_s,
+            model=str(model_dir), served_model_name=step.label, serve=self.serve,
+            evaluate=evaluate.model_copy(update={"packs": ",".join(self.packs)}),
             runs_dir=str(runs_dir), run_id=step.label,
         )
-
-
-def _pack_options(plan: Plan) -> dict[str, dict[str, str]]:
-    def text(value: object) -> str:
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-    return {pack: {k: text(v) for k, v in opts.items()} for pack, opts in plan.evaluate.pack_options.items()}
 
 
 def _safe(text: str) -> str:
@@ -146,7 +134,7 @@ def _check_gate_covers(spec: GateSpec, packs: list[str], source: str) -> None:
 
 def _pack_identity(plan: Plan, packs: list[str]) -> dict[str, Any]:
     """What decides a pack's items and scoring: its version, data hash and options."""
-    options = _pack_options(plan)
+    options = plan.evaluate.pack_options
     stray = set(options) - set(packs)
     if stray:
         raise UserError(f"evaluate.pack_options names pack(s) not in this plan: {', '.join(sorted(stray))}")
@@ -186,7 +174,7 @@ def _experts_precision(plan: Plan) -> Precision | None:
 
 
 def _keep_counts(plan: Plan, base: Path, moe: Any, precision: Precision | None) -> dict[int, list[str]]:
-    from bench.engine.prune import keep_count
+    from bench.engine.planning.prune_plan import keep_count
 
     wanted: dict[int, list[str]] = {}
     for ratio in plan.prune.ratios:
@@ -196,7 +184,7 @@ def _keep_counts(plan: Plan, base: Path, moe: Any, precision: Precision | None) 
         n = keep_count(moe.n_experts, moe.top_k, compression=None, keep=count)
         wanted.setdefault(n, []).append(f"keep {count}")
     if plan.prune.fit is not None:
-        from bench.engine.fit import FitRequest, fit
+        from bench.engine.planning.fit import FitRequest, fit
 
         target = plan.prune.fit
         report = fit(FitRequest(base, target.gpu_gib, target.context, target.concurrency, target.utilization,
@@ -231,9 +219,9 @@ def prepare(
         vllm_python: interpreter with vLLM; else the plan's, else BENCH_VLLM_PYTHON.
         digests: file digest memo (so an unchanged base is not re-read).
     """
-    from bench.engine.calibration import load_mix
-    from bench.engine.checkpoint import Checkpoint
-    from bench.engine.moe import resolve
+    from bench.engine.planning.calibration import load_mix
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.moe import resolve
     from bench.serve.launch import resolve_vllm_python
 
     digests = digests or FileDigests()
@@ -258,7 +246,7 @@ def prepare(
             name, suffix = f"{_safe(mix.name)}-{suffix}", suffix + 1
         mixes[name] = mix
 
-    packs = registry.resolve(plan.pack_list())
+    packs = registry.resolve(plan.evaluate.packs)
     pack_identity = _pack_identity(plan, packs)
     gate_spec, gate_source = resolve_gate(plan.gate, plan_path)
     _check_gate_covers(gate_spec, packs, gate_source)
@@ -267,6 +255,7 @@ def prepare(
     template = _relative(plan_path, plan.vllm.chat_template) if plan.vllm.chat_template else None
     if template is not None and not template.is_file():
         raise UserError(f"{plan_path}: vllm.chat_template {template} does not exist")
+    serve = plan.vllm.model_copy(update={"python": python, "chat_template": str(template) if template else None})
 
     base_fingerprint = digests.directory(base)
     evaluation = {
@@ -313,5 +302,5 @@ def prepare(
         plan=plan, plan_path=plan_path, name=plan.name or plan_path.stem, base=base,
         base_fingerprint=base_fingerprint, family=moe.family.name, n_experts=moe.n_experts, top_k=moe.top_k,
         mixes=mixes, experts_precision=precision, packs=packs, gate_spec=gate_spec, gate_source=gate_source,
-        vllm_python=python, vllm_version=version, chat_template=template, base_run=base_run, candidates=candidates,
+        serve=serve, vllm_version=version, base_run=base_run, candidates=candidates,
     )

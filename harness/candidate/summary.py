@@ -88,7 +88,7 @@ def _mean(scores: dict[str, float | None]) -> float | None:
 
 
 def _base_precision(prepared: Prepared) -> str:
-    from bench.engine.moe import text_config
+    from bench.engine.planning.moe import text_config
 
     config = json.loads((prepared.base / "config.json").read_text(encoding="utf-8"))
     dtype = config.get("torch_dtype") or config.get("dtype") or text_config(config).get("torch_dtype")

@@ -37,8 +37,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write an FP8 (compressed-tensors FP8_DYNAMIC, or FP8_BLOCK with --block) copy of a checkpoint."""
         _require_engine()
-        from bench.engine.checkpoint import gib
-        from bench.engine.fp8 import quantize_checkpoint
+        from bench.engine.compute.fp8 import quantize_checkpoint
+        from bench.engine.planning.sizes import gib
 
         result = quantize_checkpoint(
             model, out, block=block, skip_experts=skip_experts, unfuse=not keep_fused,
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         ] = 1.5,
     ) -> None:
         """Predict served memory at bf16 and FP8 and how many experts per layer fit the GPU."""
-        from bench.engine.fit import FitRequest, fit, render_fit
+        from bench.engine.planning.fit import FitRequest, fit, render_fit
 
         print(render_fit(fit(FitRequest(model, gpu_gib, context, concurrency, utilization, overhead_gib))))
 
@@ -104,8 +104,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """REAP expert pruning: score experts on calibration text layer by layer, keep the best, write a checkpoint."""
         _require_engine()
-        from bench.engine.calibration import load_mix, preflight, render_preflight
-        from bench.engine.prune import PruneOptions, prune_checkpoint
+        from bench.engine.compute.prune import prune_checkpoint
+        from bench.engine.planning.calibration import load_mix, preflight, render_preflight
+        from bench.engine.planning.prune_plan import PruneOptions
 
         mix = load_mix(calibration, data_dir=data_dir, samples=samples, seq_len=seq_len, seed=seed)
         report = preflight(mix, model)

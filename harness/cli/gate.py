@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from bench.shipped import USER_BASELINES_DIR
+
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +20,7 @@ def register(app: typer.Typer) -> None:
         markdown: Path | None = typer.Option(None, "--markdown", help="write a Markdown summary here"),
         junit: Path | None = typer.Option(None, "--junit", help="write JUnit XML (one test case per rule) here"),
         json_path: Path | None = typer.Option(None, "--json", help="write the full gate result as JSON here"),
-        baselines_dir: Path = typer.Option(Path("baselines"), "--baselines-dir", help="where named baselines live"),
+        baselines_dir: Path = typer.Option(USER_BASELINES_DIR, "--baselines-dir", help="your folder of named baselines"),
     ) -> None:
         """Compare RUN with a baseline under a spec: exit 0 Pass, 1 Fail*, 2 Invalid or bad input."""
         from bench.compare import gate
@@ -61,10 +63,10 @@ def register(app: typer.Typer) -> None:
     def baseline_save_cmd(
         run: Path = typer.Argument(..., help="finished run directory"),
         name: str = typer.Argument(..., help="baseline name (a folder under --dir)"),
-        directory: Path = typer.Option(Path("baselines"), "--dir", help="baselines directory"),
+        directory: Path = typer.Option(USER_BASELINES_DIR, "--baselines-dir", "--dir", help="your baselines folder (not the shipped specs)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing baseline of that name"),
     ) -> None:
-        """Store RUN's manifest, results and item scores under baselines/NAME/."""
+        """Store RUN's manifest, results and item scores under BASELINES_DIR/NAME/."""
         from bench.compare.baselines import save_baseline
 
         target = save_baseline(run, name, baselines_dir=directory, overwrite=overwrite)

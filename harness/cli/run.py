@@ -5,21 +5,87 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 
 from bench.errors import UserError
+from bench.run.options import EvalOptions, RunOptions
+from bench.serve.options import ServeOptions
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Checkpoint directory to serve with vLLM.")]
-EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="OpenAI-compatible server URL (repeat for replicas); no launch.")]
-VllmPythonOpt = Annotated[Optional[str], typer.Option("--vllm-python", envvar="BENCH_VLLM_PYTHON", help="Interpreter that has vLLM installed.")]
-PortOpt = Annotated[Optional[int], typer.Option("--port", help="Port for the launched server (default: a free one).")]
-MaxLenOpt = Annotated[int, typer.Option("--max-model-len", help="Context length for the launched server.")]
-TemplateOpt = Annotated[Optional[Path], typer.Option("--chat-template", help="Chat template file passed to vLLM.")]
-ReasoningOpt = Annotated[str, typer.Option("--reasoning-parser", help="'auto' (from the checkpoint), 'none', or a vLLM parser name.")]
-ToolParserOpt = Annotated[str, typer.Option("--tool-call-parser", help="'auto' (from the checkpoint), 'none', or a vLLM parser name.")]
-VllmArgOpt = Annotated[Optional[list[str]], typer.Option("--vllm-arg", help="Extra vLLM argument, passed through (repeatable), e.g. --vllm-arg=--tensor-parallel-size=2.")]
+M = TypeVar("M", bound=BaseModel)
+
+# Flag defaults and help come from the option models: a default is declared once, in the model.
+_SERVE, _EVAL, _RUN = ServeOptions(), EvalOptions(), RunOptions()
+
+# flag -> (model, field): the one map between command-line flags and option fields (also used to
+# name the flag when a value is rejected).
+SERVE_FLAGS = {
+    "--vllm-python": "python", "--port": "port", "--max-model-len": "max_model_len", "--chat-template": "chat_template",
+    "--reasoning-parser": "reasoning_parser", "--tool-call-parser": "tool_call_parser", "--vllm-arg": "args",
+    "--startup-timeout": "startup_timeout_s",
+}
+EVAL_FLAGS = {
+    "--packs": "packs", "--pack-option": "pack_options", "--tier": "tier", "--limit": "limit", "--repeats": "repeats",
+    "--seed": "seed", "--concurrency": "concurrency", "--temperature": "temperature", "--max-tokens": "max_tokens",
+    "--no-thinking": "no_thinking", "--request-timeout": "request_timeout_s",
+}
+RUN_FLAGS = {"--model": "model", "--endpoint": "endpoints", "--served-model-name": "served_model_name",
+             "--runs-dir": "runs_dir", "--run-id": "run_id"}
+
+
+def _help(model: type[BaseModel], flags: dict[str, str], flag: str) -> str:
+    description = model.model_fields[flags[flag]].description or ""
+    return description[:1].upper() + description[1:] + "."
+
+
+def _serve(flag: str, **extra: Any) -> Any:
+    return typer.Option(flag, **{"help": _help(ServeOptions, SERVE_FLAGS, flag), **extra})
+
+
+def _eval(flag: str, **extra: Any) -> Any:
+    return typer.Option(flag, **{"help": _help(EvalOptions, EVAL_FLAGS, flag), **extra})
+
+
+def _run(flag: str, **extra: Any) -> Any:
+    return typer.Option(flag, **{"help": _help(RunOptions, RUN_FLAGS, flag), **extra})
+
+
+# The serving flags, shared by `bench run` and `bench serve`.
+VllmPythonOpt = Annotated[str | None, _serve("--vllm-python", envvar="BENCH_VLLM_PYTHON")]
+PortOpt = Annotated[int | None, _serve("--port")]
+MaxLenOpt = Annotated[int, _serve("--max-model-len")]
+TemplateOpt = Annotated[Path | None, _serve("--chat-template")]
+ReasoningOpt = Annotated[str, _serve("--reasoning-parser")]
+ToolParserOpt = Annotated[str, _serve("--tool-call-parser")]
+VllmArgOpt = Annotated[list[str] | None, _serve(
+    "--vllm-arg", help="Extra vLLM argument, passed through (repeatable), e.g. --vllm-arg=--tensor-parallel-size=2.")]
+StartupOpt = Annotated[float, _serve("--startup-timeout")]
+ServedNameOpt = Annotated[str | None, _run("--served-model-name")]
+
+
+def checked(model: type[M], values: dict[str, Any], flags: dict[str, str]) -> M:
+    """Build an option model from flag values; a rejected value is one line naming its flag."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        flag = next((f for f, name in flags.items() if name == field), field)
+        value = values.get(field)
+        raise UserError(f"{flag} {value!r}: {error['msg'].lower()}" if value is not None else f"{flag}: {error['msg'].lower()}") from exc
+
+
+def serve_options(*, vllm_python: str | None, port: int | None, max_model_len: int, chat_template: Path | None,
+                  reasoning_parser: str, tool_call_parser: str, vllm_arg: list[str] | None,
+                  startup_timeout: float) -> ServeOptions:
+    """The serving flags of `bench run` and `bench serve` as :class:`ServeOptions`."""
+    return checked(ServeOptions, {
+        "python": vllm_python, "port": port, "max_model_len": max_model_len,
+        "chat_template": str(chat_template) if chat_template else None, "reasoning_parser": reasoning_parser,
+        "tool_call_parser": tool_call_parser, "args": list(vllm_arg or []), "startup_timeout_s": startup_timeout,
+    }, SERVE_FLAGS)
 
 
 def _print_results(outcome: object) -> None:
@@ -63,58 +129,63 @@ def parse_pack_options(raw: list[str], shots: int | None) -> dict[str, dict[str,
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        model: ModelOpt = None,
-        endpoint: EndpointOpt = None,
-        packs: Annotated[str, typer.Option("--packs", help="'all' or a comma list of pack names.")] = "all",
-        tier: Annotated[str, typer.Option("--tier", help="'quick' (15 items per pack) or 'full'.")] = "full",
-        limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per pack (seeded, stratified where the pack supports it).")] = None,
-        repeats: Annotated[int, typer.Option("--repeats", help="Ask every item K times with seeds seed..seed+K-1.")] = 1,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
-        concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")] = 8,
-        temperature: Annotated[Optional[float], typer.Option("--temperature", help="Override every pack's temperature.")] = None,
-        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Override every pack's max_tokens.")] = None,
-        no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Send enable_thinking=false to the chat template.")] = False,
-        pack_option: Annotated[Optional[list[str]], typer.Option("--pack-option", help="PACK.KEY=VALUE passed to a pack (repeatable), e.g. mmlu.shots=5.")] = None,
-        shots: Annotated[Optional[int], typer.Option("--shots", help="Few-shot examples for MMLU (same as --pack-option mmlu.shots=K).")] = None,
-        served_model_name: Annotated[Optional[str], typer.Option("--served-model-name")] = None,
-        vllm_python: VllmPythonOpt = None,
-        port: PortOpt = None,
-        max_model_len: MaxLenOpt = 2048,
+        model: Annotated[Path | None, _run("--model")] = None,
+        endpoint: Annotated[list[str] | None, _run(
+            "--endpoint", help="OpenAI-compatible server URL (repeat for replicas); no launch.")] = None,
+        packs: Annotated[str, _eval("--packs")] = _EVAL.packs,
+        tier: Annotated[str, _eval("--tier")] = _EVAL.tier,
+        limit: Annotated[int | None, _eval("--limit")] = _EVAL.limit,
+        repeats: Annotated[int, _eval("--repeats")] = _EVAL.repeats,
+        seed: Annotated[int, _eval("--seed")] = _EVAL.seed,
+        concurrency: Annotated[int, _eval("--concurrency")] = _EVAL.concurrency,
+        temperature: Annotated[float | None, _eval("--temperature")] = _EVAL.temperature,
+        max_tokens: Annotated[int | None, _eval("--max-tokens")] = _EVAL.max_tokens,
+        no_thinking: Annotated[bool, _eval("--no-thinking")] = _EVAL.no_thinking,
+        pack_option: Annotated[list[str] | None, _eval(
+            "--pack-option", help="PACK.KEY=VALUE passed to a pack (repeatable), e.g. mmlu.shots=5.")] = None,
+        shots: Annotated[int | None, typer.Option(
+            "--shots", help="Few-shot examples for MMLU (same as --pack-option mmlu.shots=K).")] = None,
+        request_timeout: Annotated[float, _eval("--request-timeout")] = _EVAL.request_timeout_s,
+        served_model_name: ServedNameOpt = _RUN.served_model_name,
+        vllm_python: VllmPythonOpt = _SERVE.python,
+        port: PortOpt = _SERVE.port,
+        max_model_len: MaxLenOpt = _SERVE.max_model_len,
         chat_template: TemplateOpt = None,
-        reasoning_parser: ReasoningOpt = "auto",
-        tool_call_parser: ToolParserOpt = "auto",
+        reasoning_parser: ReasoningOpt = _SERVE.reasoning_parser,
+        tool_call_parser: ToolParserOpt = _SERVE.tool_call_parser,
         vllm_arg: VllmArgOpt = None,
-        request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds per request.")] = 300.0,
-        startup_timeout: Annotated[float, typer.Option("--startup-timeout", help="Seconds to wait for the server.")] = 900.0,
-        runs_dir: Annotated[Path, typer.Option("--runs-dir")] = Path("runs"),
-        run_id: Annotated[Optional[str], typer.Option("--run-id")] = None,
-        resume: Annotated[Optional[Path], typer.Option("--resume", help="Finish a killed run without re-asking finished items.")] = None,
+        startup_timeout: StartupOpt = _SERVE.startup_timeout_s,
+        runs_dir: Annotated[Path, _run("--runs-dir")] = Path(_RUN.runs_dir),
+        run_id: Annotated[str | None, _run("--run-id")] = _RUN.run_id,
+        resume: Annotated[Path | None, typer.Option("--resume", help="Finish a killed run without re-asking finished items.")] = None,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the run directory.")] = True,
     ) -> None:
         """Serve a checkpoint (or use --endpoint), prove the stack with preflight, run packs, score."""
-        from bench.run.evaluation import RunOptions, execute, options_from_run
+        from bench.run.evaluation import execute, options_from_run
 
         if resume is not None:
             options = options_from_run(resume)
             if model is not None or endpoint:
                 raise UserError("--resume takes its model and endpoints from the run's manifest: drop --model/--endpoint")
             if vllm_python:
-                options.vllm_python = vllm_python
+                options.serve.python = vllm_python
         else:
-            if tier not in ("quick", "full"):
-                raise UserError(f"--tier must be 'quick' or 'full', not {tier!r}")
             if model is None and not endpoint:
                 raise UserError("give --model DIR to launch a vLLM server, or --endpoint URL to use a running one")
-            options = RunOptions(
-                model=str(model) if model else None, endpoints=list(endpoint or []), served_model_name=served_model_name,
-                vllm_python=vllm_python, port=port, max_model_len=max_model_len,
-                chat_template=str(chat_template) if chat_template else None, reasoning_parser=reasoning_parser,
-                tool_call_parser=tool_call_parser, vllm_args=list(vllm_arg or []), packs=packs, tier=tier,  # type: ignore[arg-type]
-                limit=limit, repeats=repeats, seed=seed, concurrency=concurrency, temperature=temperature,
-                max_tokens=max_tokens, no_thinking=no_thinking, request_timeout_s=request_timeout,
-                pack_options=parse_pack_options(pack_option or [], shots),
-                startup_timeout_s=startup_timeout, runs_dir=str(runs_dir), run_id=run_id,
-            )
+            serve = serve_options(vllm_python=vllm_python, port=port, max_model_len=max_model_len,
+                                  chat_template=chat_template, reasoning_parser=reasoning_parser,
+                                  tool_call_parser=tool_call_parser, vllm_arg=vllm_arg, startup_timeout=startup_timeout)
+            evaluate = checked(EvalOptions, {
+                "packs": packs, "pack_options": parse_pack_options(pack_option or [], shots), "tier": tier,
+                "limit": limit, "repeats": repeats, "seed": seed, "concurrency": concurrency,
+                "temperature": temperature, "max_tokens": max_tokens, "no_thinking": no_thinking,
+                "request_timeout_s": request_timeout,
+            }, EVAL_FLAGS)
+            options = checked(RunOptions, {
+                "model": str(model) if model else None, "endpoints": list(endpoint or []),
+                "served_model_name": served_model_name, "serve": serve, "evaluate": evaluate,
+                "runs_dir": str(runs_dir), "run_id": run_id,
+            }, RUN_FLAGS)
         started = time.monotonic()
         try:
             outcome = execute(options, resume_dir=resume, echo=lambda line: print(line, file=sys.stderr))
@@ -130,28 +201,25 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
         model: Annotated[Path, typer.Option("--model", help="Checkpoint directory to serve.")],
-        served_model_name: Annotated[Optional[str], typer.Option("--served-model-name")] = None,
-        vllm_python: VllmPythonOpt = None,
-        port: PortOpt = None,
-        max_model_len: MaxLenOpt = 2048,
+        served_model_name: ServedNameOpt = _RUN.served_model_name,
+        vllm_python: VllmPythonOpt = _SERVE.python,
+        port: PortOpt = _SERVE.port,
+        max_model_len: MaxLenOpt = _SERVE.max_model_len,
         chat_template: TemplateOpt = None,
-        reasoning_parser: ReasoningOpt = "auto",
-        tool_call_parser: ToolParserOpt = "auto",
+        reasoning_parser: ReasoningOpt = _SERVE.reasoning_parser,
+        tool_call_parser: ToolParserOpt = _SERVE.tool_call_parser,
         vllm_arg: VllmArgOpt = None,
+        startup_timeout: StartupOpt = _SERVE.startup_timeout_s,
         log: Annotated[Path, typer.Option("--log", help="Server log file.")] = Path("vllm-server.log"),
-        startup_timeout: Annotated[float, typer.Option("--startup-timeout")] = 900.0,
     ) -> None:
         """Launch the checkpoint behind vLLM with the parsers bench would pick, and keep it up until Ctrl-C."""
-        from bench.run.evaluation import RunOptions, launch_config
+        from bench.run.evaluation import launch_config
         from bench.serve.launch import serving
 
-        options = RunOptions(
-            model=str(model), served_model_name=served_model_name, vllm_python=vllm_python, port=port,
-            max_model_len=max_model_len, chat_template=str(chat_template) if chat_template else None,
-            reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser, vllm_args=list(vllm_arg or []),
-            startup_timeout_s=startup_timeout,
-        )
-        config, _ = launch_config(options)
+        serve = serve_options(vllm_python=vllm_python, port=port, max_model_len=max_model_len,
+                              chat_template=chat_template, reasoning_parser=reasoning_parser,
+                              tool_call_parser=tool_call_parser, vllm_arg=vllm_arg, startup_timeout=startup_timeout)
+        config, _ = launch_config(str(model), serve, served_model_name=served_model_name)
         parsers = config.parsers
         print(f"parsers: {parsers.why}", file=sys.stderr)
         with serving(config, log.resolve()) as server:
@@ -201,7 +269,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Directory to write the checkpoint into.")],
     ) -> None:
         """Build a small checkpoint offline: the scripted tiny Qwen3-MoE, the real SmolLM2-135M, or SmolLM2 as an 8-expert MoE."""
-        from bench.engine import toy
+        from bench.engine.toys import builders as toy
 
         builders = {"scripted": toy.build_scripted, "smollm": toy.build_smollm, "smollm-moe": toy.build_smollm_moe}
         if kind not in builders:

@@ -12,15 +12,15 @@ import shutil
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.shipped import USER_BASELINES_DIR
 from bench.compare.rundata import load_run
 from bench.run.store import ITEMS, MANIFEST, RESULTS
 
-BASELINES_DIR = Path("baselines")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STORED_FILES = (MANIFEST, RESULTS, ITEMS)
 
 
-def save_baseline(run: Path, name: str, *, baselines_dir: Path = BASELINES_DIR, overwrite: bool = False) -> Path:
+def save_baseline(run: Path, name: str, *, baselines_dir: Path = USER_BASELINES_DIR, overwrite: bool = False) -> Path:
     """Copy a finished run's manifest, results and items under ``baselines_dir/name``.
 
     The run is read (and schema-checked) first, so a broken run never becomes a baseline.
@@ -46,7 +46,7 @@ def save_baseline(run: Path, name: str, *, baselines_dir: Path = BASELINES_DIR, 
     return target
 
 
-def resolve_run(reference: str, *, baselines_dir: Path = BASELINES_DIR) -> Path:
+def resolve_run(reference: str, *, baselines_dir: Path = USER_BASELINES_DIR) -> Path:
     """A run directory path, or the name of a stored baseline under ``baselines_dir``."""
     path = Path(reference)
     if path.is_dir():

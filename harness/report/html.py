@@ -8,7 +8,8 @@ model output (untrusted) can only ever appear as text.
 
 Two sections appear only when there is something to show: the candidates of a ``bench candidate``
 loop (size versus score, handed over as :class:`~bench.report.candidates.CandidateTable`), and
-the expert heatmaps of every pruned checkpoint whose ``pruning.json`` is on this machine.
+the expert heatmaps of every run served from a pruned checkpoint (``bench run`` copies the
+checkpoint's ``pruning.json`` into the run directory, so the report reads nothing outside the runs).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from bench.report import charts
 from bench.errors import UserError
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
 from bench.report.templates import template_environment
-from bench.pruning_record import pruning_beside
-from bench.run.records import Interval, ItemRecord, Manifest
+from bench.run.checkpoint_facts import run_pruning
+from bench.run.records import Interval, ItemRecord, PackResult
 from bench.report.candidates import (
     CandidateTable,
     ExpertMaps,
@@ -188,47 +189,63 @@ def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _category_source(extra: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
-    """Per-category figures from a pack's ``extra``: the first mapping of name -> number or
-    {mean|accuracy|score}, with the key it was found under (e.g. MMLU's ``subjects``)."""
-    for key, value in extra.items():
-        if not isinstance(value, Mapping) or not value:
-            continue
-        out: dict[str, float] = {}
-        for name, entry in value.items():
-            if isinstance(entry, (int, float)) and not isinstance(entry, bool):
-                out[str(name)] = float(entry)
-            elif isinstance(entry, Mapping):
-                for figure in ("mean", "accuracy", "score"):
-                    if isinstance(entry.get(figure), (int, float)):
-                        out[str(name)] = float(entry[figure])
-                        break
-        if out:
-            return str(key), out
-    return "", {}
-
-
-def category_table(runs: Sequence[RunData], labels: Sequence[str], pack: str) -> tuple[str, pd.DataFrame]:
-    """The pack's own per-category figures (e.g. MMLU per subject), one column per run plus deltas;
-    and the name the pack gave them."""
-    columns: dict[str, dict[str, float]] = {}
-    name = ""
-    for run, label in zip(runs, labels, strict=True):
+def _breakdown_names(runs: Sequence[RunData], pack: str) -> list[str]:
+    """The breakdowns a pack declared, in its order, over every run that has the pack."""
+    names: list[str] = []
+    for run in runs:
         result = run.results.packs.get(pack)
-        if result is not None:
-            key, source = _category_source(result.extra)
-            if source:
-                name = name or key
-                columns[label] = source
-    if not columns:
-        return "", pd.DataFrame()
-    frame = pd.DataFrame(columns).sort_index()
-    first = labels[0]
-    if first in frame.columns:
-        for label in frame.columns[1:]:
-            frame[f"Δ {label}"] = frame[label] - frame[first]
-    frame.index.name = name.replace("_", " ")
-    return name, frame
+        names += [name for name in (result.breakdowns if result else {}) if name not in names]
+    return names
+
+
+def _group_interval(result: PackResult | None, breakdown: str, group: str) -> Interval | None:
+    found = result.breakdowns.get(breakdown, {}).get(group) if result is not None else None
+    return found.score if found is not None else None
+
+
+def breakdown_groups(runs: Sequence[RunData], pack: str, breakdown: str) -> list[str]:
+    """Every group of one breakdown seen in any run, sorted."""
+    results = [run.results.packs.get(pack) for run in runs]
+    return sorted({group for result in results if result for group in result.breakdowns.get(breakdown, {})})
+
+
+def breakdown_table(runs: Sequence[RunData], labels: Sequence[str], pack: str, breakdown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group x run: each group's score with its interval and n, and its mean minus the first run's.
+
+    A delta is marked worse or better only when the two runs' intervals do not overlap.
+    """
+    results = [run.results.packs.get(pack) for run in runs]
+    columns = [labels[0]] + [column for label in labels[1:] for column in (label, f"Δ {label}")]
+    rows: dict[str, dict[str, str]] = {}
+    classes: dict[str, dict[str, str]] = {}
+    for group in breakdown_groups(runs, pack, breakdown):
+        reference = _group_interval(results[0], breakdown, group)
+        row: dict[str, str] = {labels[0]: _fmt_interval(reference)}
+        css: dict[str, str] = {}
+        for result, label in zip(results[1:], labels[1:], strict=True):
+            interval = _group_interval(result, breakdown, group)
+            row[label] = _fmt_interval(interval)
+            column = f"Δ {label}"
+            row[column], css[column] = _group_delta(reference, interval)
+        rows[group] = row
+        classes[group] = css
+    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+    frame.index.name = breakdown.replace("_", " ")
+    class_frame = pd.DataFrame.from_dict(classes, orient="index").reindex(index=list(rows), columns=columns)
+    class_frame.index = frame.index
+    return frame, class_frame
+
+
+def _group_delta(reference: Interval | None, other: Interval | None) -> tuple[str, str]:
+    if reference is None or other is None or reference.mean is None or other.mean is None:
+        return "-", ""
+    css = ""
+    if reference.low is not None and reference.high is not None and other.low is not None and other.high is not None:
+        if other.high < reference.low:
+            css = "worse"
+        elif other.low > reference.high:
+            css = "better"
+    return f"{other.mean - reference.mean:+.3f}", css
 
 
 def timing_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
@@ -439,22 +456,43 @@ def _subdimension_charts(long: pd.DataFrame, labels: Sequence[str]) -> list[Mark
     return out
 
 
-def _category_chart(runs: Sequence[RunData], labels: Sequence[str], pack: str) -> Markup | None:
-    results = [run.results.packs.get(pack) for run in runs]
-    categories = list(dict.fromkeys(sub for result in results if result for sub in result.subdimensions))
-    if not categories:
+MAX_CHART_GROUPS = 12  # a breakdown with more groups (MMLU's 57 subjects) is shown as a table only
+
+
+def _breakdown_chart(runs: Sequence[RunData], labels: Sequence[str], pack: str, breakdown: str) -> Markup | None:
+    groups = breakdown_groups(runs, pack, breakdown)
+    if not groups or len(groups) > MAX_CHART_GROUPS:
         return None
     series = {}
-    for result, label in zip(results, labels, strict=True):
-        if result is None:
+    for run, label in zip(runs, labels, strict=True):
+        result = run.results.packs.get(pack)
+        if result is None or breakdown not in result.breakdowns:
             continue
-        intervals = [result.subdimensions.get(sub) for sub in categories]
+        intervals = [_group_interval(result, breakdown, group) for group in groups]
         series[label] = (
             [i.mean if i and i.mean is not None else math.nan for i in intervals],
             [i.low if i and i.low is not None else math.nan for i in intervals],
             [i.high if i and i.high is not None else math.nan for i in intervals],
         )
-    return charts.grouped_bars(categories, series, title=f"{pack} by category", salt=f"{pack}-categories", ylabel="accuracy")
+    title = f"{pack} by {breakdown.replace('_', ' ')}"
+    return charts.grouped_bars(groups, series, title=title, salt=f"{pack}-{breakdown}", ylabel="score")
+
+
+def breakdown_sections(runs: Sequence[RunData], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """One section per pack with breakdowns: a chart (few groups) and a table per breakdown."""
+    sections = []
+    for pack in _pack_names(runs):
+        parts = []
+        for breakdown in _breakdown_names(runs, pack):
+            frame, classes = breakdown_table(runs, labels, pack, breakdown)
+            parts.append({
+                "name": breakdown.replace("_", " "),
+                "chart": _breakdown_chart(runs, labels, pack, breakdown),
+                "table": _styled(frame, f"{pack}-{breakdown}", classes) if not frame.empty else None,
+            })  # fmt: skip
+        if parts:
+            sections.append({"pack": pack, "breakdowns": parts})
+    return sections
 
 
 def _latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Markup | None:
@@ -473,22 +511,16 @@ def _latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Markup | N
 # Candidates and pruned experts
 
 
-def checkpoint_dirs(manifest: Manifest) -> list[Path]:
-    """Where the run's checkpoint may be: as the server command resolved it, then ``--model`` as given."""
-    command = manifest.server.command
-    found = [Path(value) for flag, value in zip(command, command[1:]) if flag == "--model"]
-    found += [Path(manifest.model)] if manifest.model else []
-    return list(dict.fromkeys(found))
-
-
 def run_pruning_sources(runs: Sequence[RunData], labels: Sequence[str]) -> list[tuple[str, Path]]:
-    """``(label, pruning.json)`` for each run served from a pruned checkpoint that is on this machine."""
-    sources = []
-    for run, label in zip(runs, labels, strict=True):
-        found = next((path for folder in checkpoint_dirs(run.manifest) if (path := pruning_beside(folder))), None)
-        if found is not None:
-            sources.append((label, found))
-    return sources
+    """``(label, pruning.json)`` for each run whose directory holds the pruned checkpoint's record."""
+    return [(label, path) for run, label in zip(runs, labels, strict=True) if (path := run_pruning(run.path))]
+
+
+def _file_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # the candidates section notes a missing or unreadable record itself
+        return None
 
 
 @dataclass
@@ -517,9 +549,12 @@ def candidates_context(table: CandidateTable) -> dict[str, Any]:
 
 
 def _run_pruning(runs: Sequence[RunData], labels: Sequence[str], candidates: CandidateTable | None) -> PruningView | None:
-    """Heatmaps for runs whose checkpoint has a pruning.json, less those the candidates section covers."""
-    covered = {path.resolve() for _, path in pruning_sources(candidates)} if candidates else set()
-    sources = [(label, path) for label, path in run_pruning_sources(runs, labels) if path.resolve() not in covered]
+    """Heatmaps for runs holding a pruning.json, less those the candidates section draws already.
+
+    A run's copy is byte for byte the record the loop noted for its candidate, so it is matched by content.
+    """
+    covered = {_file_bytes(path) for _, path in pruning_sources(candidates)} - {None} if candidates else set()
+    sources = [(label, path) for label, path in run_pruning_sources(runs, labels) if _file_bytes(path) not in covered]
     if not sources:
         return None
     maps, notes = expert_maps(sources)
@@ -547,15 +582,6 @@ def render_report(
     health, health_classes = health_table(runs, labels)
     timing = timing_table(runs, labels)
     items, flip_summary = drilldown(runs, max_items)
-    category_sections = []
-    breakdowns = []
-    for pack in _pack_names(runs):
-        name, table = category_table(runs, labels, pack)
-        styled = _styled(table, f"{pack}-{name}") if not table.empty else None
-        if pack == "mmlu":  # MMLU by category: its subdimensions are the four subject groups
-            category_sections.append({"pack": pack, "chart": _category_chart(runs, labels, pack), "name": name, "table": styled})
-        elif styled is not None:
-            breakdowns.append({"pack": pack, "name": name.replace("_", " "), "table": styled})
     template = template_environment().get_template("report.html.j2")
     return template.render(
         title=f"bench report: {' vs '.join(labels)}",
@@ -570,8 +596,7 @@ def render_report(
         pack_table=_styled(packs, "packs", pack_classes),
         subdimension_charts=_subdimension_charts(long, labels),
         subdimension_table=_styled(subdims, "subdimensions") if not subdims.empty else None,
-        category_sections=category_sections,
-        breakdowns=breakdowns,
+        breakdown_sections=breakdown_sections(runs, labels),
         timing_table=_styled(timing, "timing", precision=2) if not timing.empty else None,
         latency_chart=_latency_chart(runs, labels),
         health_table=_styled(health, "health", health_classes),

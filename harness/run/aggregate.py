@@ -1,7 +1,9 @@
-"""Item records -> results.json: per pack and subdimension means with intervals, health counts.
+"""Item records -> results.json: per pack, subdimension and breakdown group means with intervals,
+health counts.
 
-Reads only stored records (and each pack's own ``aggregate`` hook over them); never the server.
-Repeats of one item are folded to their mean first, so an interval counts items, not samples.
+Reads only stored records, each pack's ``groups`` of the recorded items and its own ``aggregate``
+hook over the records; never the server. Repeats of one item are folded to their mean first, so an
+interval counts items, not samples.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from bench import stats
-from bench.pack import Pack
-from bench.run.records import HealthCounts, ItemRecord, PackResult, Results, TimingStats
+from bench.pack import Item, Pack
+from bench.run.records import GroupResult, HealthCounts, ItemRecord, PackResult, Results, TimingStats
 
-
+UNKNOWN_GROUP = "unknown"  # the group of an item the pack no longer has, or did not place
 
 def _fold(per_item: Mapping[str, list[float]]) -> list[float]:
     folded = stats.fold_repeats((item_id, v) for item_id, values in per_item.items() for v in values)
@@ -47,6 +49,48 @@ def _timing(records: Sequence[ItemRecord]) -> TimingStats:
     )
 
 
+def item_groups(pack: Pack, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """item id -> breakdown -> group, for every declared breakdown (``unknown`` where unplaced)."""
+    if not pack.breakdowns:
+        return {}
+    index: dict[str, Item] = {item.id: item for item in pack.items("full")}
+    out: dict[str, dict[str, str]] = {}
+    for item_id in dict.fromkeys(item_ids):
+        item = index.get(item_id) or pack.item_by_id(item_id)
+        placed = pack.groups(item) if item is not None else {}
+        out[item_id] = {name: str(placed.get(name, UNKNOWN_GROUP)) for name in pack.breakdowns}
+    return out
+
+
+def _breakdowns(
+    pack: Pack,
+    records: Sequence[ItemRecord],
+    values: Mapping[str, list[float]],
+    passes: Mapping[str, list[float]],
+    confidence: float,
+    seed: int,
+) -> dict[str, dict[str, GroupResult]]:
+    """Each declared breakdown's groups, summarised like the overall score over their own items.
+
+    Groups come from every record, failed ones included, so a group whose items all failed is
+    still listed (n=0) rather than silently missing.
+    """
+    groups = item_groups(pack, [record.item_id for record in records])
+    out: dict[str, dict[str, GroupResult]] = {}
+    for name in pack.breakdowns:
+        members: dict[str, list[str]] = defaultdict(list)
+        for item_id, placed in groups.items():
+            members[placed[name]].append(item_id)
+        out[name] = {
+            group: GroupResult(
+                score=stats.summarize(_fold({i: values[i] for i in ids if i in values}), confidence, seed),
+                pass_rate=stats.summarize(_fold({i: passes[i] for i in ids if i in passes}), confidence, seed),
+            )
+            for group, ids in sorted(members.items())
+        }
+    return out
+
+
 def pack_result(pack: Pack, records: Sequence[ItemRecord], confidence: float, seed: int) -> PackResult:
     values: dict[str, list[float]] = defaultdict(list)
     passes: dict[str, list[float]] = defaultdict(list)
@@ -70,9 +114,10 @@ def pack_result(pack: Pack, records: Sequence[ItemRecord], confidence: float, se
         score=stats.summarize(_fold(values), confidence, seed),
         pass_rate=stats.summarize(_fold(passes), confidence, seed),
         subdimensions={name: stats.summarize(_fold(subs[name]), confidence, seed) for name in ordered_subs},
+        breakdowns=_breakdowns(pack, records, values, passes, confidence, seed),
         health=_health(records),
         timing=_timing(records),
-        extra=pack.aggregate([r.model_dump(mode="json") for r in records]),
+        extra=pack.aggregate(records),
         repeat_spread=spread,
     )
 

@@ -17,6 +17,8 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
+from bench.pack import Sampling
+from bench.run.options import EvalOptions, field_default
 from bench.transcript import Request, Response, ToolCall, Usage
 
 
@@ -26,13 +28,25 @@ class RequestFailed(Exception):
 
 @dataclass
 class ClientConfig:
+    """Where requests go and how many at once; the run-level limits default to :class:`EvalOptions`'s."""
+
     endpoints: Sequence[str]  # base URLs ending in /v1
     model: str
     api_key: str = "EMPTY"
-    concurrency: int = 8
-    timeout_s: float = 300.0
+    concurrency: int = field_default(EvalOptions, "concurrency")
+    timeout_s: float = field_default(EvalOptions, "request_timeout_s")
     max_retries: int = 4
     backoff_s: float = 1.0
+
+    @classmethod
+    def for_run(cls, endpoints: Sequence[str], model: str, options: EvalOptions, *,
+                api_key: str | None = None) -> ClientConfig:
+        """The client of one run: its concurrency and request timeout."""
+        config = cls(endpoints=endpoints, model=model, concurrency=options.concurrency,
+                     timeout_s=options.request_timeout_s)
+        if api_key:
+            config.api_key = api_key
+        return config
 
 
 @dataclass
@@ -61,17 +75,17 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
 
 
-def _sampling_kwargs(sampling: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split the recorded sampling into OpenAI arguments and vLLM extra_body fields."""
-    kwargs: dict[str, Any] = {}
+def request_fields(sampling: Sampling) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one place sampling becomes request fields: OpenAI arguments, and vLLM's extra_body."""
+    kwargs: dict[str, Any] = {"temperature": sampling.temperature, "max_tokens": sampling.max_tokens}
+    if sampling.top_p is not None:
+        kwargs["top_p"] = sampling.top_p
+    if sampling.seed is not None:
+        kwargs["seed"] = sampling.seed
     extra: dict[str, Any] = {}
-    for key in ("temperature", "top_p", "max_tokens", "seed"):
-        if sampling.get(key) is not None:
-            kwargs[key] = sampling[key]
-    for key in ("top_k", "min_p", "repetition_penalty"):
-        if sampling.get(key) is not None:
-            extra[key] = sampling[key]
-    if sampling.get("thinking") is False:
+    if sampling.top_k is not None:
+        extra["top_k"] = sampling.top_k
+    if not sampling.thinking:
         extra["chat_template_kwargs"] = {"enable_thinking": False}
     return kwargs, extra
 
@@ -123,7 +137,8 @@ class ChatClient:
 
     async def chat(self, request: Request) -> Response:
         """Send one chat request; retry transient failures; raise RequestFailed otherwise."""
-        kwargs, extra = _sampling_kwargs(request.sampling)
+        # The request records the sampling it was sent with; read it back typed, then map it once.
+        kwargs, extra = request_fields(Sampling.model_validate(request.sampling))
         if request.tools:
             kwargs["tools"] = request.tools
             if request.tool_choice is not None:

@@ -1,7 +1,8 @@
 """One evaluation run, end to end: serve (or connect), preflight, ask, score, aggregate.
 
-This is the library behind ``bench run``; the CLI only parses flags into :class:`RunOptions`.
-The options are stored in the manifest, so ``--resume`` rebuilds exactly the same plan.
+This is the library behind ``bench run``; the CLI only parses flags into :class:`RunOptions`
+(declared in :mod:`bench.run.options`). The options are stored in the manifest, so ``--resume``
+rebuilds exactly the same plan.
 """
 
 from __future__ import annotations
@@ -12,54 +13,29 @@ import os
 import platform
 import shlex
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ValidationError
 
 from bench import __version__, registry
-from bench.run.aggregate import build_results
-from bench.serve.model_info import CheckpointInfo, ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
-from bench.run.client import ChatClient, ClientConfig, normalize_endpoint, server_root
 from bench.errors import PreflightError, UserError
-from bench.pack import Pack
-from bench.serve.preflight import PreflightOptions, first_failure, rendered_prompt_sha256, run_preflight
+from bench.pack import Pack, Sampling
+from bench.run.aggregate import build_results
+from bench.run.checkpoint_facts import copy_checkpoint_facts
+from bench.run.client import ChatClient, ClientConfig, normalize_endpoint, server_root
+from bench.run.options import EvalOptions, RunOptions, upgrade_options
 from bench.run.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
 from bench.run.runner import PackPlan, RunPlan, run_plan
-from bench.serve.launch import LaunchConfig, check_checkpoint, resolve_vllm_python, serving, vllm_version
 from bench.run.store import RunStore, new_run_id
+from bench.serve.launch import LaunchConfig, check_checkpoint, resolve_vllm_python, serving, vllm_version
+from bench.serve.model_info import CheckpointInfo, ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
+from bench.serve.options import AUTO_PARSER, NO_PARSER, ServeOptions
+from bench.serve.preflight import PreflightOptions, first_failure, rendered_prompt_sha256, run_preflight
 
-
-class RunOptions(BaseModel):
-    """Every choice that decides what a run measures (stored in the manifest for --resume)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    endpoints: list[str] = Field(default_factory=list)
-    served_model_name: str | None = None
-    vllm_python: str | None = None
-    port: int | None = None
-    max_model_len: int | None = 2048
-    chat_template: str | None = None
-    reasoning_parser: str = "auto"  # "auto", "none" or a vLLM parser name
-    tool_call_parser: str = "auto"
-    vllm_args: list[str] = Field(default_factory=list)
-    packs: str = "all"
-    pack_options: dict[str, dict[str, str]] = Field(default_factory=dict)  # pack -> key -> value
-    tier: Literal["quick", "full"] = "full"
-    limit: int | None = None
-    repeats: int = 1
-    seed: int = 0
-    concurrency: int = 8
-    temperature: float | None = None
-    max_tokens: int | None = None
-    no_thinking: bool = False
-    request_timeout_s: float = 300.0
-    startup_timeout_s: float = 900.0
-    runs_dir: str = "runs"
-    run_id: str | None = None
+__all__ = ["RunOptions", "RunOutcome", "build_plan", "execute", "launch_config", "options_from_run", "pack_sampling"]
 
 
 class RunOutcome(BaseModel):
@@ -70,38 +46,31 @@ class RunOutcome(BaseModel):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _parser_choice(options: RunOptions, auto: ParserChoice | None) -> ParserChoice:
+def _parser_choice(serve: ServeOptions, auto: ParserChoice | None) -> ParserChoice:
     def pick(flag: str, automatic: str | None) -> str | None:
-        if flag == "none":
+        if flag == NO_PARSER:
             return None
-        if flag == "auto":
+        if flag == AUTO_PARSER:
             return automatic
         return flag
 
-    reasoning = pick(options.reasoning_parser, auto.reasoning_parser if auto else None)
-    tool = pick(options.tool_call_parser, auto.tool_call_parser if auto else None)
+    reasoning = pick(serve.reasoning_parser, auto.reasoning_parser if auto else None)
+    tool = pick(serve.tool_call_parser, auto.tool_call_parser if auto else None)
     why = auto.why if auto else "external endpoint: parsers are the server's own"
-    if options.reasoning_parser not in ("auto",) or options.tool_call_parser not in ("auto",):
+    if serve.parser_overridden():
         why += " (overridden on the command line)"
     return ParserChoice(reasoning_parser=reasoning, tool_call_parser=tool, why=why)
 
 
-def pack_sampling(pack: Pack, options: RunOptions) -> dict[str, Any]:
-    """The pack's default sampling with the command-line overrides applied."""
-    sampling = pack.default_sampling.model_dump()
-    if options.temperature is not None:
-        sampling["temperature"] = options.temperature
-    if options.max_tokens is not None:
-        sampling["max_tokens"] = options.max_tokens
-    if options.no_thinking:
-        sampling["thinking"] = False
-    return {k: v for k, v in sampling.items() if v is not None}
+def pack_sampling(pack: Pack, options: EvalOptions) -> Sampling:
+    """The pack's default sampling with the run's overrides applied."""
+    return options.sampling_for(pack.default_sampling)
 
 
-def build_plan(options: RunOptions) -> RunPlan:
+def build_plan(options: EvalOptions) -> RunPlan:
     names = registry.resolve(options.packs)
     stray = set(options.pack_options) - set(names)
     if stray:
@@ -156,26 +125,26 @@ def _precheck(options: RunOptions) -> None:
         raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
 
 
-def launch_config(options: RunOptions, *, cache_root: Path | None = None) -> tuple[LaunchConfig, CheckpointInfo]:
-    """How ``bench run`` and ``bench serve`` launch vLLM for ``options.model``: checked, parsers chosen."""
-    if not options.model:
+def launch_config(model: str | None, serve: ServeOptions, *, served_model_name: str | None = None,
+                  cache_root: Path | None = None) -> tuple[LaunchConfig, CheckpointInfo]:
+    """How ``bench run`` and ``bench serve`` launch vLLM for ``model``: checked, parsers chosen, paths resolved."""
+    if not model:
         raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
-    model = Path(options.model).expanduser().resolve()
-    info = read_checkpoint(model)
+    path = Path(model).expanduser().resolve()
+    info = read_checkpoint(path)
     check_checkpoint(info)
-    template_path = Path(options.chat_template).expanduser().resolve() if options.chat_template else None
+    template_path = Path(serve.chat_template).expanduser().resolve() if serve.chat_template else None
     if template_path is not None and not template_path.is_file():
         raise UserError(f"chat template {template_path} does not exist")
+    resolved = serve.model_copy(update={
+        "python": resolve_vllm_python(serve.python),
+        "chat_template": str(template_path) if template_path else None,
+    })
     config = LaunchConfig(
-        model=model,
-        served_model_name=options.served_model_name or model.name,
-        parsers=_parser_choice(options, choose_parsers(info)),
-        python=resolve_vllm_python(options.vllm_python),
-        port=options.port,
-        max_model_len=options.max_model_len,
-        chat_template=template_path,
-        extra_args=options.vllm_args,
-        startup_timeout_s=options.startup_timeout_s,
+        model=path,
+        served_model_name=served_model_name or path.name,
+        parsers=_parser_choice(serve, choose_parsers(info)),
+        serve=resolved,
         cache_root=cache_root,
     )
     return config, info
@@ -194,14 +163,16 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             raise UserError(f"endpoint {urls[0]} serves no model")
         if name not in served:
             raise UserError(f"endpoint {urls[0]} does not serve {name!r}; it serves {served}")
-        parsers = _parser_choice(options, None)
+        serve = options.serve
+        parsers = _parser_choice(serve, None)
         yield ServerInfo(
             launched=False, endpoints=urls, served_model_name=name, vllm_version=vllm_version(server_root(urls[0])),
-            reasoning_parser=parsers.reasoning_parser if options.reasoning_parser != "auto" else None,
-            tool_call_parser=parsers.tool_call_parser if options.tool_call_parser != "auto" else None,
+            reasoning_parser=parsers.reasoning_parser if serve.reasoning_parser != AUTO_PARSER else None,
+            tool_call_parser=parsers.tool_call_parser if serve.tool_call_parser != AUTO_PARSER else None,
         )
         return
-    config, info = launch_config(options, cache_root=store.root / "vllm-cache")
+    config, info = launch_config(options.model, options.serve, served_model_name=options.served_model_name,
+                                 cache_root=store.root / "vllm-cache")
     template_path, parsers = config.chat_template, config.parsers
     template_text = template_path.read_text(encoding="utf-8") if template_path else info.chat_template
     with serving(config, store.server_log) as server:
@@ -217,7 +188,7 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             tool_call_parser=parsers.tool_call_parser,
             chat_template_sha256=template_sha256(template_text) if template_text else None,
             chat_template_source=str(template_path) if template_path else "checkpoint",
-            max_model_len=options.max_model_len,
+            max_model_len=config.serve.max_model_len,
             generation_config=sampling_defaults(info),
             start_seconds=round(server.start_seconds, 2),
             parser_reason=parsers.why,
@@ -225,35 +196,31 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
 
 
 def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInfo) -> Manifest:
+    evaluate = options.evaluate
     entries = []
     for name, pack_plan in plan.packs.items():
         pack = pack_plan.pack
-        sampling = dict(pack_plan.sampling)
+        sampling = pack_plan.sampling.model_dump(exclude_none=True)
         if server.generation_config:
             sampling["server_defaults"] = {k: v for k, v in server.generation_config.items() if k not in sampling}
         entries.append(PackEntry(
             name=name, version=pack.version, data_hash=pack.data_hash(), items=len(pack_plan.items),
-            tier=options.tier, subdimensions=list(pack.subdimensions), sampling=sampling,
-            options=options.pack_options.get(name, {}),
+            tier=evaluate.tier, subdimensions=list(pack.subdimensions), sampling=sampling,
+            options=evaluate.pack_options.get(name, {}),
         ))
-    overrides = {k: v for k, v in {"temperature": options.temperature, "max_tokens": options.max_tokens,
-                                   "thinking": False if options.no_thinking else None}.items() if v is not None}
     return Manifest(
         run_id=run_id, created_at=_now(), bench_version=__version__, model=options.model, server=server,
-        packs=entries, sampling_overrides=overrides, limit=options.limit, repeats=options.repeats, seed=options.seed,
-        concurrency=options.concurrency, host=_host(), options=options.model_dump(mode="json"),
+        packs=entries, sampling_overrides=evaluate.sampling_overrides(), limit=evaluate.limit,
+        repeats=evaluate.repeats, seed=evaluate.seed, concurrency=evaluate.concurrency, host=_host(),
+        options=options.model_dump(mode="json"),
     )
 
 
 def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
             echo: Any = print) -> RunOutcome:
     """Run (or resume) an evaluation and return where it went and what it found."""
-    if options.limit is not None and options.limit < 1:
-        raise UserError("--limit must be at least 1")
-    if options.concurrency < 1:
-        raise UserError("--concurrency must be at least 1")
     _precheck(options)
-    plan = build_plan(options)
+    plan = build_plan(options.evaluate)
     if resume_dir is not None:
         store = RunStore.open(resume_dir)
         previous = store.read_manifest()
@@ -262,14 +229,14 @@ def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progres
     else:
         run_id = options.run_id or new_run_id(Path(options.model).name if options.model else "endpoint")
         store = RunStore.create(Path(options.runs_dir), run_id)
+        copy_checkpoint_facts(options.model, store.root)  # the report reads the run directory only
     echo(f"run directory: {store.root}")
     with _connect(options, store) as server:
         if server.launched:
             echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
         manifest = _manifest(run_id, options, plan, server)
-        client = ChatClient(ClientConfig(endpoints=server.endpoints, model=server.served_model_name,
-                                         concurrency=options.concurrency, timeout_s=options.request_timeout_s,
-                                         api_key=os.environ.get("BENCH_API_KEY", "EMPTY")))
+        client = ChatClient(ClientConfig.for_run(server.endpoints, server.served_model_name, options.evaluate,
+                                                 api_key=os.environ.get("BENCH_API_KEY")))
         try:
             asked = asyncio.run(_checked_run(options, plan, client, store, manifest, show_progress, echo))
         except KeyboardInterrupt:
@@ -319,4 +286,9 @@ def options_from_run(run_dir: Path) -> RunOptions:
     manifest = RunStore.open(run_dir).read_manifest()
     if not manifest.options:
         raise UserError(f"{run_dir}/manifest.json records no options: it cannot be resumed")
-    return RunOptions.model_validate(manifest.options)
+    try:
+        return RunOptions.model_validate(upgrade_options(manifest.options))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"{run_dir}/manifest.json: options.{where}: {error['msg']}") from exc

@@ -140,6 +140,14 @@ class TimingStats(BaseModel):
     reasoning_tokens: int = 0
 
 
+class GroupResult(BaseModel):
+    """One group of a pack's breakdown (an MMLU subject, a bugfind language): its items only."""
+
+    model_config = ConfigDict(extra="forbid")
+    score: Interval
+    pass_rate: Interval
+
+
 class PackResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -148,9 +156,11 @@ class PackResult(BaseModel):
     score: Interval
     pass_rate: Interval
     subdimensions: dict[str, Interval] = Field(default_factory=dict)
+    # Every breakdown the pack declares -> group -> result; a group whose items all failed has n=0.
+    breakdowns: dict[str, dict[str, GroupResult]] = Field(default_factory=dict)
     health: HealthCounts = Field(default_factory=HealthCounts)
     timing: TimingStats = Field(default_factory=TimingStats)
-    extra: dict[str, Any] = Field(default_factory=dict)  # the pack's own aggregate()
+    extra: dict[str, Any] = Field(default_factory=dict)  # the pack's own aggregate(): figures that are not breakdowns
     repeat_spread: float | None = None  # mean per-item std over repeats, when repeats > 1
 
 

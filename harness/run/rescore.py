@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import registry
-from bench.run.aggregate import build_results
 from bench.errors import UserError
+from bench.run.aggregate import build_results
 from bench.run.evaluation import RunOutcome, build_plan, options_from_run
-from bench.serve.preflight import first_failure
 from bench.run.runner import score_safely
 from bench.run.store import RunStore
+from bench.serve.preflight import first_failure
 
 
 @dataclass
@@ -28,7 +28,7 @@ def rescore(run_dir: Path) -> RescoreOutcome:
     store = RunStore.open(run_dir)
     manifest = store.read_manifest()
     options = options_from_run(run_dir)
-    plan = build_plan(options)
+    plan = build_plan(options.evaluate)
     items = {(name, item.id): item for name, p in plan.packs.items() for item in p.items}
     records = store.read_items()
     rescored = changed = 0

@@ -12,17 +12,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.pack import Item, Pack, Sampling, Score
 from bench.run.client import ChatClient, RequestFailed
-from bench.serve.health import scan_transcript
-from bench.pack import Item, Pack, Score
+from bench.run.options import EvalOptions, field_default
 from bench.run.records import ItemRecord
 from bench.run.session import Session
 from bench.run.store import RunStore
+from bench.serve.health import scan_transcript
 
 
 @dataclass
@@ -31,15 +32,17 @@ class PackPlan:
 
     pack: Pack
     items: list[Item]
-    sampling: dict[str, Any]
+    sampling: Sampling
 
 
 @dataclass
 class RunPlan:
+    """The packs to ask, and the run-level settings the runner needs (defaults: :class:`EvalOptions`'s)."""
+
     packs: dict[str, PackPlan]
-    repeats: int = 1
-    seed: int = 0
-    concurrency: int = 8
+    repeats: int = field_default(EvalOptions, "repeats")
+    seed: int = field_default(EvalOptions, "seed")
+    concurrency: int = field_default(EvalOptions, "concurrency")
 
     def expected(self) -> dict[str, int]:
         return {name: len(plan.items) * self.repeats for name, plan in self.packs.items()}
@@ -65,7 +68,7 @@ class RunCounters:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def score_safely(pack: Pack, item: Item, record_transcript: Any) -> Score:
@@ -78,9 +81,7 @@ def score_safely(pack: Pack, item: Item, record_transcript: Any) -> Score:
 
 async def ask_item(plan: PackPlan, item: Item, repeat: int, seed: int, client: ChatClient) -> ItemRecord:
     """Run one item through its pack and score it; request failures become the record's error."""
-    sampling = dict(plan.sampling)
-    sampling["seed"] = seed + repeat
-    session = Session(client.chat, sampling)
+    session = Session(client.chat, plan.sampling.model_copy(update={"seed": seed + repeat}))
     started_at, started = _now(), time.perf_counter()
     error: str | None = None
     try:

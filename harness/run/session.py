@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bench.pack import Sampling
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 
 ChatFn = Callable[[Request], Awaitable[Response]]
@@ -32,9 +33,9 @@ def assistant_message(response: Response) -> dict[str, Any]:
 class Session:
     """One item's conversation. ``sampling`` is fixed for the item and recorded on every request."""
 
-    def __init__(self, chat: ChatFn, sampling: dict[str, Any], transcript: Transcript | None = None) -> None:
+    def __init__(self, chat: ChatFn, sampling: Sampling, transcript: Transcript | None = None) -> None:
         self._chat = chat
-        self.sampling = dict(sampling)
+        self.sampling = sampling
         self.transcript = transcript if transcript is not None else Transcript()
         self.conversation: list[dict[str, Any]] = []
 
@@ -52,7 +53,7 @@ class Session:
             messages=[dict(m) for m in self.conversation],
             tools=tools,
             tool_choice=tool_choice,
-            sampling=self.sampling,
+            sampling=self.sampling.model_dump(exclude_none=True),
         )
         response = await self._chat(request)
         self.transcript.exchanges.append(Exchange(request=request, response=response))

@@ -16,34 +16,39 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.serve.model_info import CheckpointInfo, ParserChoice
 from bench.errors import ServerError, UserError
+from bench.serve.model_info import CheckpointInfo, ParserChoice
+from bench.serve.options import ServeOptions
 
 LOG_TAIL_LINES = 25
 
 
 @dataclass
 class LaunchConfig:
-    """Everything that decides the server command line."""
+    """Everything that decides the server command line: the checkpoint, its name, the parsers chosen
+    for it, and how it is served (:class:`ServeOptions`, whose defaults are the only ones)."""
 
     model: Path
     served_model_name: str
     parsers: ParserChoice
-    python: str
+    serve: ServeOptions = field(default_factory=ServeOptions)
     host: str = "127.0.0.1"
-    port: int | None = None
-    max_model_len: int | None = 2048
-    chat_template: Path | None = None
-    extra_args: Sequence[str] = ()
-    startup_timeout_s: float = 600.0
     cpu_kv_cache_gib: int = 1
     cache_root: Path | None = None
+
+    @property
+    def python(self) -> str:
+        return resolve_vllm_python(self.serve.python)
+
+    @property
+    def chat_template(self) -> Path | None:
+        return Path(self.serve.chat_template) if self.serve.chat_template else None
 
 
 @dataclass
@@ -94,17 +99,16 @@ def build_command(config: LaunchConfig, port: int) -> list[str]:
         "--host", config.host,
         "--port", str(port),
     ]
-    if config.max_model_len:
-        command += ["--max-model-len", str(config.max_model_len)]
+    command += ["--max-model-len", str(config.serve.max_model_len)]
     if config.parsers.reasoning_parser:
         command += ["--reasoning-parser", config.parsers.reasoning_parser]
     if config.parsers.tool_call_parser:
         command += ["--enable-auto-tool-choice", "--tool-call-parser", config.parsers.tool_call_parser]
     if config.chat_template:
         command += ["--chat-template", str(config.chat_template)]
-    if is_cpu_only() and "--enforce-eager" not in config.extra_args:
+    if is_cpu_only() and "--enforce-eager" not in config.serve.args:
         command.append("--enforce-eager")
-    command += list(config.extra_args)
+    command += config.serve.args
     return command
 
 
@@ -133,8 +137,8 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def launch(config: LaunchConfig, log_path: Path) -> RunningServer:
     """Start the server in its own process group and wait until it serves the model."""
-    port = config.port or free_port(config.host)
-    if config.port:
+    port = config.serve.port or free_port(config.host)
+    if config.serve.port:
         ensure_port_free(config.host, port)
     command = build_command(config, port)
     overrides = server_env(config)
@@ -151,7 +155,7 @@ def launch(config: LaunchConfig, log_path: Path) -> RunningServer:
     log_file.close()
     server = RunningServer(process, command, f"http://{config.host}:{port}", log_path, env_overrides=overrides)
     try:
-        wait_ready(server, config.served_model_name, config.startup_timeout_s)
+        wait_ready(server, config.served_model_name, config.serve.startup_timeout_s)
     except BaseException:
         stop(server)
         raise

@@ -8,19 +8,20 @@ The fix is run against hidden tests in :mod:`bench.sandbox` (Python) or checked 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
-from bench.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
+from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
 from bench.transcript import Transcript
 from bench.packs.bugfind import scoring
 
-ITEMS_PATH = Path(__file__).with_name("items.jsonl")
-SCHEMA_PATH = Path(__file__).with_name("item.schema.json")
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
+
 DEFAULT_TIMEOUT_S = 10.0
 
 LANGUAGE_NAMES = {"python": "Python", "javascript": "JavaScript", "sql": "SQL", "bash": "Bash", "c": "C"}
@@ -45,23 +46,20 @@ and keep every name as it is.
 - If there is no bug: the single line `NO BUG`."""
 
 
-def load_item_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
+def check_bug_lines(item: Item, where: object) -> None:
+    """Each bug line must be a non-blank line of the program, or the item cannot be passed."""
+    lines = item.data["program"].split("\n")
+    for line in (item.data["bug"] or {}).get("lines", []):
+        if line > len(lines):
+            raise UserError(f"{where}: item {item.id!r}: bug line {line} is past the end of the "
+                            f"program ({len(lines)} lines); fix bug.lines")
+        if not lines[line - 1].strip():
+            raise UserError(f"{where}: item {item.id!r}: bug line {line} is blank; fix bug.lines")
 
 
-def load_items(path: Path = ITEMS_PATH) -> list[Item]:
-    """Items from ``path``, schema-checked, with bug lines checked against the program."""
-    items = load_jsonl_items(path, load_item_schema())
-    for item in items:
-        lines = item.data["program"].split("\n")
-        for line in (item.data["bug"] or {}).get("lines", []):
-            if line > len(lines):
-                raise UserError(f"{path}: item {item.id!r}: bug line {line} is past the end of the "
-                                f"program ({len(lines)} lines); fix bug.lines")
-            if not lines[line - 1].strip():
-                raise UserError(f"{path}: item {item.id!r}: bug line {line} is blank; fix bug.lines")
-    return items
+def load_items(path: Path | None = None) -> list[Item]:
+    """Items from ``path`` (default: the shipped file), schema-checked, bug lines checked."""
+    return BugFindPack(path).items("full")
 
 
 def number_lines(program: str) -> str:
@@ -71,7 +69,12 @@ def number_lines(program: str) -> str:
     return "\n".join(f"{index:>{width}} | {line}".rstrip() for index, line in enumerate(lines, start=1))
 
 
-class BugFindPack(Pack):
+class BugFindOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=600)  # wall clock for each fix's hidden tests
+
+
+class BugFindPack(JsonlPack):
     """Find the one buggy line (or say there is none) and fix it; fixes run against hidden tests."""
 
     name = "bugfind"
@@ -81,33 +84,21 @@ class BugFindPack(Pack):
         "program that passes hidden tests run in the sandbox, and raise no false alarm on correct code."
     )
     subdimensions = ("localization", "fix_correctness", "no_false_alarm", "answer_format")
+    breakdowns = ("language", "kind")
     default_sampling = Sampling(temperature=0.0, max_tokens=1024)
+    Options = BugFindOptions
 
-    def __init__(self, data_path: Path | None = None, *, hidden_test_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self._data_path = data_path or ITEMS_PATH
-        self._timeout_s = hidden_test_timeout_s
+    def __init__(self, data_path: Path | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(data_path)
+        self.timeout_s = timeout_s
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> BugFindPack:
-        """``--pack-option bugfind.timeout_s=N``: the wall clock for each fix's hidden tests."""
-        unknown = set(options) - {"timeout_s"}
-        if unknown:
-            raise UserError(f"bugfind has no option(s) {sorted(unknown)}; available: timeout_s")
-        try:
-            timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
-        except (TypeError, ValueError):
-            given = options["timeout_s"]
-            raise UserError(f"bugfind option timeout_s must be a number of seconds, got {given!r}") from None
-        if not 0 < timeout_s <= 600:
-            raise UserError(f"bugfind option timeout_s must be between 0 and 600 seconds, got {timeout_s}")
-        return cls(hidden_test_timeout_s=timeout_s)
+    def check_items(self, items: list[Item]) -> None:
+        for item in items:
+            check_bug_lines(item, self.items_path)
 
-    @cached_property
-    def _items(self) -> list[Item]:
-        return load_items(self._data_path)
-
-    def items(self, tier: Tier = "full") -> list[Item]:
-        return select_tier(self._items, tier)
+    def groups(self, item: Item) -> dict[str, str]:
+        """Language, and the planted bug's kind (``no_bug`` for a correct program)."""
+        return {"language": item.data["language"], "kind": (item.data["bug"] or {}).get("kind") or "no_bug"}
 
     def messages(self, item: Item) -> list[dict[str, Any]]:
         data = item.data
@@ -123,10 +114,7 @@ class BugFindPack(Pack):
         details = {"language": item.data["language"], "bug_kind": (item.data["bug"] or {}).get("kind")}
         if (bad := unscorable(transcript)) is not None:
             return bad.model_copy(update={"details": details})
-        return scoring.judge(item.data, transcript.final_content, timeout_s=self._timeout_s)
+        return scoring.judge(item.data, transcript.final_content, timeout_s=self.timeout_s)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
         return scoring.aggregate(records)
-
-    def data_files(self) -> list[Path]:
-        return [self._data_path]

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.pack import Score
 from bench.packs.bugfind.extract import Answer, extract_answer
 from bench.packs.bugfind.hidden import FixVerdict, check_static_fix, run_hidden_tests
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 
 def format_value(answer: Answer) -> float:
@@ -114,34 +117,23 @@ def _format_note(answer: Answer) -> str:
     return f" [loose format: {answer.rule}]"
 
 
-def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pass rates per bug kind and per language, the false-alarm rate and which rules read the answers."""
-    by_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    by_language: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
+    """The false-alarm rate on correct programs and which rules read the answers.
+
+    Pass rates per language and bug kind are the pack's breakdowns, computed by the harness.
+    """
     rules: dict[str, int] = defaultdict(int)
     correct_programs = false_alarms = unscored = 0
     for record in records:
-        score = record.get("score") or {}
-        details = score.get("details") or {}
-        if score.get("status", "scored") != "scored" or "language" not in details:
+        score = record.score
+        if score is None or record.error is not None or score.status != "scored" or "language" not in score.details:
             unscored += 1
             continue
-        passed = int(bool(score.get("passed")))
-        kind = details.get("bug_kind") or "no_bug"
-        for table, key in ((by_kind, kind), (by_language, details["language"])):
-            table[key][0] += 1
-            table[key][1] += passed
-        rules[score.get("extraction") or "none"] += 1
-        if details.get("bug_kind") is None:
+        rules[score.extraction or "none"] += 1
+        if score.details.get("bug_kind") is None:
             correct_programs += 1
-            false_alarms += int(details.get("verdict") == "line")
-
-    def rates(table: Mapping[str, list[int]]) -> dict[str, dict[str, float | int]]:
-        return {key: {"n": n, "passed": ok, "rate": ok / n} for key, (n, ok) in sorted(table.items())}
-
+            false_alarms += int(score.details.get("verdict") == "line")
     return {
-        "by_bug_kind": rates(by_kind),
-        "by_language": rates(by_language),
         "false_alarm_rate": (false_alarms / correct_programs) if correct_programs else None,
         "extraction_rules": dict(sorted(rules.items())),
         "unscored": unscored,

@@ -13,9 +13,11 @@ counted in ``aggregate`` under ``known_evalplus_defect``; nothing is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
 from bench.pack import Item, Pack, Sampling, Score, Tier, unscorable
@@ -23,6 +25,9 @@ from bench.transcript import Transcript
 from bench.packs.code import data as code_data
 from bench.packs.code.scoring import GT_TIME_LIMIT_FACTOR, Sample, Verdict, check
 from bench.packs.code.extract import build_solution, certain_failure
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 PASS = "pass"
 # Task -> (corrected oracle, what is wrong), for the evalplus releases that carry the defect.
@@ -74,11 +79,20 @@ def _item(problem: dict[str, Any]) -> Item:
     )
 
 
+class CodeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workers: int | None = Field(None, ge=1)  # sandboxed checks side by side (default: CPU count)
+    time_limit_factor: float = Field(GT_TIME_LIMIT_FACTOR, gt=0)  # times each input's ground-truth run time
+
+
 class CodePack(Pack):
     name = "code"
     version = "1"
     description = "HumanEval+ (164 tasks) through a chat prompt; evalplus's sanitizer and checker, sandboxed."
     subdimensions = ("base", "plus")
+    # No breakdowns: HumanEval+ tasks come from one source with no shared grouping worth a table,
+    # and base versus plus is already the pair of subdimensions.
+    Options = CodeOptions
     default_sampling = Sampling(temperature=0.0, max_tokens=1024, thinking=False)
 
     def __init__(self, workers: int | None = None, time_limit_factor: float = GT_TIME_LIMIT_FACTOR) -> None:
@@ -95,19 +109,6 @@ class CodePack(Pack):
         self.workers = workers
         self.time_limit_factor = time_limit_factor
         self._by_id: dict[str, Item] | None = None
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> CodePack:
-        """Build from CLI-style options (``{"workers": "4", "time_limit_factor": "8"}``)."""
-        unknown = set(options) - {"workers", "time_limit_factor"}
-        if unknown:
-            raise UserError(f"code has no option(s) {sorted(unknown)}; available: time_limit_factor, workers")
-        try:
-            workers = int(options["workers"]) if "workers" in options else None
-            factor = float(options.get("time_limit_factor", GT_TIME_LIMIT_FACTOR))
-        except (TypeError, ValueError):
-            raise UserError("code options: workers must be an integer, time_limit_factor a number") from None
-        return cls(workers=workers, time_limit_factor=factor)
 
     # -- items ---------------------------------------------------------------------------------
 
@@ -206,35 +207,32 @@ class CodePack(Pack):
             details=details,
         )
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Base and plus pass rates, how failures split, and the known-defect items counted apart.
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
+        """How failures split, and the known-defect items counted apart.
 
         ``plus_pass_evalplus`` is the rate evalplus 0.3.1 itself would report (every known-defect
-        item failing); ``plus_pass`` uses the corrected oracle.
+        item failing); the ``plus`` subdimension uses the corrected oracle. Records of failed
+        requests are left out, as in the score.
         """
-        n = base_passes = plus_passes = raw_plus_passes = 0
+        n = raw_plus_passes = no_code = errors = 0
         statuses: dict[str, int] = {}
-        no_code = errors = 0
         defects: dict[str, dict[str, Any]] = {}
         for record in records:
-            data = record.model_dump() if hasattr(record, "model_dump") else record
-            score = data.get("score") or {}
-            details = score.get("details") or {}
+            score = record.score
+            if score is None or record.error is not None:
+                continue
+            details = score.details
             n += 1
-            subscores = score.get("subscores") or {}
-            base_passes += int(subscores.get("base", 0.0) == 1.0)
-            plus_ok = subscores.get("plus", 0.0) == 1.0
-            plus_passes += int(plus_ok)
-            errors += int(score.get("status", "error") == "error")
+            plus_ok = score.subscores.get("plus", 0.0) == 1.0
+            errors += int(score.status == "error")
             no_code += int(bool(details.get("not_run")))
-            status = details.get("plus_status")
-            if status:
+            if status := details.get("plus_status"):
                 statuses[status] = statuses.get(status, 0) + 1
             if "known_evalplus_defect" in details:
                 raw_ok = details.get("evalplus_base_status") == PASS and details.get("evalplus_plus_status") == PASS
                 raw_plus_passes += int(raw_ok)
                 entry = defects.setdefault(
-                    str(data.get("item_id")),
+                    record.item_id,
                     {"reason": details["known_evalplus_defect"], "n": 0, "plus_pass_corrected": 0, "plus_pass_evalplus": 0},
                 )
                 entry["n"] += 1
@@ -243,9 +241,6 @@ class CodePack(Pack):
             else:
                 raw_plus_passes += int(plus_ok)
         return {
-            "n": n,
-            "base_pass": base_passes / n if n else None,
-            "plus_pass": plus_passes / n if n else None,
             "plus_pass_evalplus": raw_plus_passes / n if n else None,
             "plus_status_counts": dict(sorted(statuses.items())),
             "no_code": no_code,
@@ -253,4 +248,3 @@ class CodePack(Pack):
             "known_evalplus_defect": defects,
             "evalplus_version": evalplus_version(),
         }
-

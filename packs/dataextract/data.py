@@ -8,37 +8,17 @@ an item that cannot be passed.
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
 from bench.errors import UserError
-from bench.pack import Item, load_jsonl_items
-
-ITEMS_PATH = Path(__file__).with_name("items.jsonl")
-ITEM_SCHEMA_PATH = Path(__file__).with_name("item.schema.json")
+from bench.pack import Item
 
 
-@cache
-def item_schema() -> dict[str, Any]:
-    """The JSON Schema every item's ``data`` follows."""
-    schema: dict[str, Any] = json.loads(ITEM_SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
-
-
-def load_items(path: Path = ITEMS_PATH) -> list[Item]:
-    """Items from ``path``, each checked for consistency; a bad item raises UserError naming it."""
-    items = load_jsonl_items(path, item_schema())
-    for item in items:
-        _check_item(path, item)
-    return items
-
-
-def _check_item(path: Path, item: Item) -> None:
+def check_item(path: object, item: Item) -> None:
+    """One schema-valid item checked for consistency; a bad item raises UserError naming it."""
     where = f"{path}: item {item.id!r}"
     schema = item.data["schema"]
     try:

@@ -3,21 +3,22 @@
 Each item is a document written for this pack (invoice, receipt, email, log, table, CSV, form,
 shipping notice, meeting notes, itinerary) and the JSON Schema the answer must follow. Some
 fields are deliberately absent from the document: the right answer there is null, and a value
-is a hallucination. Scoring lives in ``scorer``; items in ``items.jsonl`` (checked by ``data``).
+is a hallucination. Scoring lives in ``scoring``; items in ``items.jsonl`` (checked by ``data``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.pack import Item, Pack, Sampling, Score, Tier, select_tier, unscorable
+from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
 from bench.transcript import Transcript
-from bench.packs.dataextract.data import ITEMS_PATH, load_items
-from bench.packs.dataextract.scoring import aggregate_by_kind, score_reply
+from bench.packs.dataextract.data import check_item
+from bench.packs.dataextract.scoring import extraction_rules, score_reply
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 PROMPT = """Extract data from the document below into one JSON object that follows the JSON Schema.
 - Use null for every field the document does not state. Do not guess or invent values.
@@ -63,7 +64,7 @@ def render_prompt(data: dict[str, Any]) -> str:
     return PROMPT.format(schema=render_schema(data["schema"]), document=data["document"])
 
 
-class DataExtractPack(Pack):
+class DataExtractPack(JsonlPack):
     """Document-to-JSON extraction: valid JSON, schema adherence, field accuracy, no hallucination."""
 
     name = "dataextract"
@@ -73,19 +74,14 @@ class DataExtractPack(Pack):
         "fields the document does not state must be null."
     )
     subdimensions = ("valid_json", "schema_adherence", "field_accuracy", "no_hallucination")
+    breakdowns = ("kind",)
     # Reading a document is not a reasoning task, and 768 tokens hold every answer with room to spare;
     # thinking on would spend that budget before the JSON and turn answers into truncations.
     default_sampling = Sampling(temperature=0.0, max_tokens=768, thinking=False)
 
-    def __init__(self, data_path: Path | None = None) -> None:
-        self._data_path = data_path or ITEMS_PATH
-
-    @cached_property
-    def _items(self) -> list[Item]:
-        return load_items(self._data_path)
-
-    def items(self, tier: Tier = "full") -> list[Item]:
-        return select_tier(self._items, tier)
+    def check_items(self, items: list[Item]) -> None:
+        for item in items:
+            check_item(self.items_path, item)
 
     def messages(self, item: Item) -> list[dict[str, Any]]:
         return [{"role": "user", "content": render_prompt(item.data)}]
@@ -95,9 +91,6 @@ class DataExtractPack(Pack):
             return bad.model_copy(update={"details": {"kind": item.data["kind"]}})
         return score_reply(item.data, transcript.final_content)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        kinds = {item.id: item.data["kind"] for item in self._items}
-        return aggregate_by_kind(records, kinds)
-
-    def data_files(self) -> list[Path]:
-        return [self._data_path]
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
+        """How often each extraction rule found the answer (per document kind: the breakdown)."""
+        return {"extraction_rules": extraction_rules(records)}

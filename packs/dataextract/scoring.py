@@ -15,15 +15,18 @@ being well-formed and inventing nothing. The item passes only when every subscor
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
 from bench.pack import Score
 from bench.packs.dataextract.extract import Extracted, find_json
 from bench.packs.dataextract.fields import Check, compare_fields
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 SCHEMA_PENALTY = 0.75  # factor on the value of an answer that breaks its schema
 MAX_PROBLEMS_SHOWN = 6
@@ -93,40 +96,10 @@ def _reason(problems: list[str], stated: int, silent: int) -> str:
     return f"{shown}; and {hidden} more" if hidden > 0 else shown
 
 
-def aggregate_by_kind(records: Sequence[dict[str, Any]], kind_of_item: dict[str, str]) -> dict[str, Any]:
-    """Per document kind: items scored, mean score, pass rate and mean subscores; plus rule counts.
-
-    ``records`` are items.jsonl lines as dicts. Records with an error or a non-``scored`` status
-    are counted under ``unscored``, not averaged in, the same way the run's totals treat them.
-    """
-    values: dict[str, list[float]] = defaultdict(list)
-    passes: dict[str, list[float]] = defaultdict(list)
-    subs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    unscored: Counter[str] = Counter()
+def extraction_rules(records: Sequence[ItemRecord]) -> dict[str, int]:
+    """Scored replies per extraction rule (bare, fenced, embedded JSON, none)."""
     rules: Counter[str] = Counter()
     for record in records:
-        score = record.get("score")
-        kind = ((score or {}).get("details") or {}).get("kind") or kind_of_item.get(record.get("item_id", ""), "unknown")
-        if score is None or record.get("error") or score.get("status", "scored") != "scored":
-            unscored[kind] += 1
-            continue
-        values[kind].append(float(score["value"]))
-        passes[kind].append(1.0 if score["passed"] else 0.0)
-        rules[score.get("extraction") or "none"] += 1
-        for name, value in (score.get("subscores") or {}).items():
-            subs[kind][name].append(float(value))
-    by_kind: dict[str, Any] = {}
-    for kind in sorted(set(values) | set(unscored)):
-        scored = values.get(kind, [])
-        by_kind[kind] = {
-            "n": len(scored),
-            "unscored": unscored.get(kind, 0),
-            "score": _mean(scored),
-            "pass_rate": _mean(passes.get(kind, [])),
-            "subscores": {name: _mean(v) for name, v in sorted(subs[kind].items())},
-        }
-    return {"by_kind": by_kind, "extraction_rules": dict(sorted(rules.items()))}
-
-
-def _mean(values: list[float]) -> float | None:
-    return round(sum(values) / len(values), 6) if values else None
+        if record.score is not None and record.error is None and record.score.status == "scored":
+            rules[record.score.extraction or "none"] += 1
+    return dict(sorted(rules.items()))

@@ -9,25 +9,25 @@ instructions the reply follows, checked by pure functions (``checks``), strictly
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.pack import Item, Pack, Sampling, Score, Tier, load_jsonl_items, select_tier, unscorable
+from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
 from bench.transcript import Transcript
 from bench.packs.instructfollow import scoring
 from bench.packs.instructfollow.checks import FAMILIES
-from bench.packs.instructfollow.schema import load_item_schema
 
-ITEMS_PATH = Path(__file__).with_name("items.jsonl")
-
-
-def load_items(path: Path = ITEMS_PATH) -> list[Item]:
-    """Items from ``path``; a bad line (unknown kind, wrong args) raises UserError naming the item."""
-    return load_jsonl_items(path, load_item_schema())
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 
-class InstructFollowPack(Pack):
+def load_items(path: Path | None = None) -> list[Item]:
+    """Items from ``path`` (default: the shipped file); a bad line (unknown kind, wrong args)
+    raises UserError naming the item."""
+    return InstructFollowPack(path).items("full")
+
+
+class InstructFollowPack(JsonlPack):
     """Verifiable instruction following: length, keywords, format, case, start/end and more."""
 
     name = "instructfollow"
@@ -37,17 +37,12 @@ class InstructFollowPack(Pack):
         "start/end, punctuation, placeholders, postscript), checked strictly and loosely."
     )
     subdimensions = FAMILIES
+    # Per family is the subdimensions; an item's own grouping is how many instructions it stacks.
+    breakdowns = ("instructions",)
     default_sampling = Sampling(temperature=0.0, max_tokens=768)
 
-    def __init__(self, data_path: Path | None = None) -> None:
-        self._data_path = data_path or ITEMS_PATH
-
-    @cached_property
-    def _items(self) -> list[Item]:
-        return load_items(self._data_path)
-
-    def items(self, tier: Tier = "full") -> list[Item]:
-        return select_tier(self._items, tier)
+    def groups(self, item: Item) -> dict[str, str]:
+        return {"instructions": str(len(item.data["instructions"]))}
 
     def messages(self, item: Item) -> list[dict[str, Any]]:
         return [{"role": "user", "content": item.data["prompt"]}]
@@ -59,8 +54,5 @@ class InstructFollowPack(Pack):
         results = scoring.judge(instructions, transcript.final_content)
         return scoring.score_results(results)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
         return scoring.aggregate(records)
-
-    def data_files(self) -> list[Path]:
-        return [self._data_path]

@@ -10,12 +10,13 @@ filed under the wrong family, or args that do not fit the kind are rejected when
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bench.packs.instructfollow.checks import FAMILIES, KINDS
 
-SCHEMA_PATH = Path(__file__).with_name("item.schema.json")
+SCHEMA_FILE = "item.schema.json"
 MAX_INSTRUCTIONS = 3
 
 
@@ -61,11 +62,12 @@ def build_item_schema() -> dict[str, Any]:
 
 def load_item_schema() -> dict[str, Any]:
     """The checked-in schema file."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(resources.files("bench.packs.instructfollow").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     return schema
 
 
 def write_item_schema() -> Path:
-    """Regenerate ``item.schema.json`` from the table of kinds."""
-    SCHEMA_PATH.write_text(json.dumps(build_item_schema(), indent=2) + "\n", encoding="utf-8")
-    return SCHEMA_PATH
+    """Regenerate ``item.schema.json`` (in the source tree) from the table of kinds."""
+    path = Path(__file__).with_name(SCHEMA_FILE)
+    path.write_text(json.dumps(build_item_schema(), indent=2) + "\n", encoding="utf-8")
+    return path

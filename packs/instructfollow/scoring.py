@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.pack import Score
 from bench.packs.instructfollow import checks
 from bench.packs.instructfollow.text import loose_variants
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 
 @dataclass(frozen=True)
@@ -128,12 +131,13 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
     """Prompt-level and instruction-level accuracy, strict and loose, over stored item records.
 
-    Each record is an items.jsonl line (``ItemRecord`` as a dict). A record with no score or no
-    instruction details (an error before scoring) counts as a prompt not followed and is
-    reported under ``unscored``; its instructions cannot be counted.
+    Instruction-level figures count instructions, not items, so they are pack figures rather
+    than a breakdown of the item score. A record with no score or no instruction details (an
+    error before scoring) counts as a prompt not followed and is reported under ``unscored``;
+    its instructions cannot be counted.
     """
     prompts = prompts_strict = prompts_loose = unscored = 0
     instructions = instructions_strict = instructions_loose = 0
@@ -141,8 +145,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for record in records:
         prompts += 1
-        score = record.get("score") or {}
-        found = score.get("details") or {}
+        found = record.score.details if record.score is not None else {}
         if "instructions" not in found:
             unscored += 1
             continue

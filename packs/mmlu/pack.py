@@ -11,15 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
-from bench.pack import Item, Pack, Sampling, Score, Tier, unscorable
+from bench.pack import Item, Pack, Sampling, Score, Tier
 from bench.transcript import Transcript
 from bench.packs.mmlu.data import Rows, data_dir_from_env, load_rows
-from bench.packs.mmlu.scoring import LETTERS, extract_letter
+from bench.packs.mmlu.scoring import LETTERS, aggregate, judge
 from bench.packs.mmlu.stratify import stratified
 from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF, readable
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 MAX_SHOTS = 5  # the dev split holds five examples per subject
 QUICK_SEED = 20250
@@ -103,11 +108,18 @@ def quick_selection(items: Sequence[Item], seed: int = QUICK_SEED) -> list[Item]
     return stratified(one_per_subject, 4 * len(CATEGORIES), seed, key=lambda item: str(item.data["category"]))
 
 
+class MMLUOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shots: int = Field(0, ge=0, le=MAX_SHOTS)  # solved dev examples of the same subject before each question
+
+
 class MMLUPack(Pack):
     name = "mmlu"
     version = "1"
     description = "MMLU (57 subjects, four-option questions), chat prompt, letter extraction."
     subdimensions = CATEGORIES
+    breakdowns = ("subject", "category")
+    Options = MMLUOptions
     # Short answers; the margin covers models that reason in content before the letter.
     default_sampling = Sampling(temperature=0.0, max_tokens=1024, thinking=False)
 
@@ -126,19 +138,6 @@ class MMLUPack(Pack):
             self.version = f"{type(self).version}-{shots}shot"
         resolved = Path(data_dir) if data_dir is not None else data_dir_from_env()
         self._data_dir = str(resolved) if resolved is not None else None
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> MMLUPack:
-        """Build from CLI-style options (``{"shots": "5"}``); unknown or bad options are user errors."""
-        unknown = set(options) - {"shots"}
-        if unknown:
-            raise UserError(f"mmlu has no option(s) {sorted(unknown)}; available: shots")
-        raw = options.get("shots", 0)
-        try:
-            shots = int(raw)
-        except (TypeError, ValueError):
-            raise UserError(f"mmlu option shots={raw!r} is not an integer; use e.g. shots=5") from None
-        return cls(shots=shots)
 
     # -- items ---------------------------------------------------------------------------------
 
@@ -181,69 +180,9 @@ class MMLUPack(Pack):
     # -- scoring -------------------------------------------------------------------------------
 
     def score(self, item: Item, transcript: Transcript) -> Score:
-        category = item.data["category"]
-        where = {"subject": item.data["subject"], "category": category, "expected": item.data["answer"]}
-        if (bad := unscorable(transcript)) is not None:
-            return bad.model_copy(update={"subscores": {category: 0.0}, "details": {**bad.details, **where}})
-        found = extract_letter(transcript.final_content, item.data["choices"])
-        if found is None:
-            return Score(
-                value=0.0,
-                passed=False,
-                subscores={category: 0.0},
-                reason="no option letter found in the reply",
-                details={**where, "unparseable": True},
-            )
-        correct = found.letter == item.data["answer"]
-        return Score(
-            value=float(correct),
-            passed=correct,
-            subscores={category: float(correct)},
-            reason=f"chose {found.letter}, expected {item.data['answer']}",
-            extraction=found.rule,
-            details={**where, "predicted": found.letter},
-        )
+        return judge(item.data, transcript)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Per-subject and per-category accuracy, unparseable count, and dead categories.
-
-        Every record counts in its subject's ``n``; records that could not be judged
-        (truncated, empty, error) count as wrong here and are also reported as ``not_scored``.
-        """
-        tallies: dict[str, list[float]] = {}
-        unparseable = 0
-        not_scored = 0
-        for record in records:
-            data = record.model_dump() if hasattr(record, "model_dump") else record
-            score = data.get("score") or {}
-            subject = (score.get("details") or {}).get("subject") or str(data.get("item_id", "")).split("/")[0]
-            if subject not in CATEGORY_OF:
-                continue
-            tallies.setdefault(subject, []).append(float(score.get("value", 0.0)))
-            if score.get("status", "error") != "scored":
-                not_scored += 1
-            elif (score.get("details") or {}).get("unparseable"):
-                unparseable += 1
-
-        def summary(values: list[float]) -> dict[str, Any]:
-            return {"n": len(values), "correct": sum(values), "accuracy": sum(values) / len(values) if values else None}
-
-        subjects = {subject: summary(values) for subject, values in sorted(tallies.items())}
-        by_category: dict[str, list[float]] = {category: [] for category in CATEGORIES}
-        for subject, values in tallies.items():
-            by_category[CATEGORY_OF[subject]].extend(values)
-        categories = {category: summary(values) for category, values in by_category.items()}
-        every = [value for values in tallies.values() for value in values]
-        accuracies = [entry["accuracy"] for entry in subjects.values()]
-        return {
-            "shots": self.shots,
-            "accuracy": summary(every)["accuracy"],
-            "macro_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
-            "subjects": subjects,
-            "categories": categories,
-            "unparseable": unparseable,
-            "not_scored": not_scored,
-            "dead_categories": [
-                category for category, entry in categories.items() if entry["n"] > 0 and entry["correct"] == 0
-            ],
-        }
+    def aggregate(self, records: Sequence[ItemRecord]) -> dict[str, Any]:
+        """Shots, macro accuracy, unparseable replies and dead categories (per subject and
+        category with intervals: the breakdowns)."""
+        return {"shots": self.shots, **aggregate(records)}

@@ -10,7 +10,16 @@ rule understands is reported as unparseable rather than guessed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bench.pack import Score, unscorable
+from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF
+from bench.transcript import Transcript
+
+if TYPE_CHECKING:
+    from bench.run.records import ItemRecord
 
 LETTERS = "ABCD"
 
@@ -116,3 +125,65 @@ def extract_letter(reply: str, choices: list[str]) -> Extraction | None:
     if letter := _by_option_text(text, choices):
         return Extraction(letter, "option_text")
     return None
+
+
+def judge(data: Mapping[str, Any], transcript: Transcript) -> Score:
+    """Right when the extracted letter is the answer; no letter found is wrong and ``unparseable``."""
+    category = data["category"]
+    where = {"subject": data["subject"], "category": category, "expected": data["answer"]}
+    if (bad := unscorable(transcript)) is not None:
+        return bad.model_copy(update={"subscores": {category: 0.0}, "details": {**bad.details, **where}})
+    found = extract_letter(transcript.final_content, data["choices"])
+    if found is None:
+        return Score(
+            value=0.0,
+            passed=False,
+            subscores={category: 0.0},
+            reason="no option letter found in the reply",
+            details={**where, "unparseable": True},
+        )
+    correct = found.letter == data["answer"]
+    return Score(
+        value=float(correct),
+        passed=correct,
+        subscores={category: float(correct)},
+        reason=f"chose {found.letter}, expected {data['answer']}",
+        extraction=found.rule,
+        details={**where, "predicted": found.letter},
+    )
+
+
+def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
+    """Macro accuracy over subjects, unparseable and unjudged counts, and dead categories.
+
+    A category is dead when it has judged items and not one right answer: the signature of a
+    pruned model that lost a whole field. Records of failed requests are left out, as in the
+    score; replies that could not be judged (truncated, empty) count as wrong and are also
+    reported as ``not_scored``.
+    """
+    by_subject: dict[str, list[float]] = {}
+    unparseable = not_scored = 0
+    for record in records:
+        score = record.score
+        if score is None or record.error is not None:
+            continue
+        subject = str(score.details.get("subject") or record.item_id.split("/")[0])
+        if subject not in CATEGORY_OF:
+            continue
+        by_subject.setdefault(subject, []).append(score.value)
+        if score.status != "scored":
+            not_scored += 1
+        elif score.details.get("unparseable"):
+            unparseable += 1
+    accuracies = [sum(values) / len(values) for values in by_subject.values()]
+    correct = {category: 0.0 for category in CATEGORIES}
+    judged = {category: 0 for category in CATEGORIES}
+    for subject, values in by_subject.items():
+        correct[CATEGORY_OF[subject]] += sum(values)
+        judged[CATEGORY_OF[subject]] += len(values)
+    return {
+        "macro_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
+        "unparseable": unparseable,
+        "not_scored": not_scored,
+        "dead_categories": [category for category in CATEGORIES if judged[category] and correct[category] == 0],
+    }

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.pack import Item, Pack, Sampling, Score, Tier, unscorable
+from bench.pack import Item, Pack, Sampling, Score, Tier
 from bench.run.session import Session
 from bench.transcript import Transcript
+from bench.packs.smoke.scoring import judge
 
 WEATHER_TOOL = {
     "type": "function",
@@ -42,6 +43,7 @@ class SmokePack(Pack):
     version = "1"
     description = "Core self-test: plain answers, one tool call, one tool round trip."
     subdimensions = ("answers", "tool_use")
+    breakdowns = ("kind",)
     default_sampling = Sampling(temperature=0.0, max_tokens=64)
 
     def items(self, tier: Tier = "full") -> list[Item]:
@@ -61,14 +63,4 @@ class SmokePack(Pack):
             await session.ask(tools=self.tools(item))
 
     def score(self, item: Item, transcript: Transcript) -> Score:
-        if (bad := unscorable(transcript)) is not None:
-            return bad
-        if item.data["kind"] == "say":
-            ok = bool(transcript.final_content.strip())
-            return Score(value=float(ok), passed=ok, subscores={"answers": float(ok)},
-                         reason="answered" if ok else "empty answer")
-        first = transcript.exchanges[0].response
-        called = [c.name for c in first.tool_calls]
-        ok = "get_weather" in called
-        return Score(value=float(ok), passed=ok, subscores={"tool_use": float(ok)},
-                     reason=f"called {called}" if called else "no tool call")
+        return judge(item.data, transcript)

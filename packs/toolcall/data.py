@@ -8,6 +8,8 @@ or matching a parameter the tool does not have. Every problem is a UserError nam
 from __future__ import annotations
 
 import json
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,16 @@ from bench.errors import UserError
 from bench.pack import Item, load_jsonl_items
 from bench.packs.toolcall.matchers import KINDS, Matcher, parse_iso
 
-PACK_DIR = Path(__file__).parent
-ITEMS_PATH = PACK_DIR / "items.jsonl"
-TOOLS_PATH = PACK_DIR / "tools.json"
-ITEM_SCHEMA_PATH = PACK_DIR / "item.schema.json"
-TOOLS_SCHEMA_PATH = PACK_DIR / "tools.schema.json"
+PACK_FILES = resources.files("bench.packs.toolcall")
+ITEMS_PATH = PACK_FILES / "items.jsonl"
+TOOLS_PATH = PACK_FILES / "tools.json"
+ITEM_SCHEMA_PATH = PACK_FILES / "item.schema.json"
+TOOLS_SCHEMA_PATH = PACK_FILES / "tools.schema.json"
 
 Catalog = dict[str, dict[str, Any]]  # tool name -> OpenAI function object
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path | Traversable) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -36,7 +38,7 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
 
 
-def load_catalog(path: Path = TOOLS_PATH) -> Catalog:
+def load_catalog(path: Path | Traversable = TOOLS_PATH) -> Catalog:
     """Tool definitions by name, each ``parameters`` checked to be a usable JSON Schema."""
     catalog: Catalog = _read_json(path)
     try:
@@ -98,7 +100,7 @@ def check_item(item: Item, catalog: Catalog) -> None:
             raise UserError(f"{where}: step {step} is the last step; its 'results' would never be sent")
 
 
-def load_items(path: Path = ITEMS_PATH, catalog: Catalog | None = None) -> list[Item]:
+def load_items(path: Path | Traversable = ITEMS_PATH, catalog: Catalog | None = None) -> list[Item]:
     """Every item of the pack, schema-validated and cross-checked against the catalog."""
     items = load_jsonl_items(path, _read_json(ITEM_SCHEMA_PATH))
     catalog = load_catalog() if catalog is None else catalog

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from bench.pack import Item, Pack, Sampling, Score, Tier, select_tier
+from bench.pack import Item, JsonlPack, Sampling, Score
 from bench.run.session import Session
 from bench.transcript import Transcript
-from bench.packs.toolcall.data import ITEM_SCHEMA_PATH, ITEMS_PATH, TOOLS_PATH, TOOLS_SCHEMA_PATH, Catalog, load_catalog, load_items
+from bench.packs.toolcall.data import Catalog, check_item, load_catalog
 from bench.packs.toolcall.mock import mock_result
 from bench.packs.toolcall.scoring import score_transcript
 
@@ -25,7 +23,7 @@ from bench.packs.toolcall.scoring import score_transcript
 DEFAULT_SYSTEM = "You are a helpful assistant. Today is Wednesday, 12 March 2025."
 
 
-class ToolCallPack(Pack):
+class ToolCallPack(JsonlPack):
     name = "toolcall"
     version = "1"
     description = (
@@ -33,18 +31,17 @@ class ToolCallPack(Pack):
         "argument types and formats, and two-step tasks that must use a mock tool's result."
     )
     subdimensions = ("tool_selection", "parameter_precision", "call_structure", "restraint", "multi_step")
+    breakdowns = ("category",)
     default_sampling = Sampling(temperature=0.0, max_tokens=512)
+    hashed_files = ("items.jsonl", "tools.json", "item.schema.json", "tools.schema.json")
 
     @cached_property
     def catalog(self) -> Catalog:
         return load_catalog()
 
-    @cached_property
-    def _all_items(self) -> list[Item]:
-        return load_items(ITEMS_PATH, self.catalog)
-
-    def items(self, tier: Tier = "full") -> list[Item]:
-        return select_tier(self._all_items, tier)
+    def check_items(self, items: list[Item]) -> None:
+        for item in items:
+            check_item(item, self.catalog)
 
     def limit(self, items: list[Item], n: int, seed: int) -> list[Item]:
         """Take items round-robin over categories (seeded order within each) so a small
@@ -85,33 +82,3 @@ class ToolCallPack(Pack):
     def score(self, item: Item, transcript: Transcript) -> Score:
         offered = {name: self.catalog[name] for name in item.data["tools"]}
         return score_transcript(item.data, offered, transcript)
-
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Pass rate and mean value per category (scored items only; others are counted apart)."""
-        category_of = {item.id: item.data["category"] for item in self._all_items}
-        table: dict[str, dict[str, float]] = {}
-        for record in records:
-            category = category_of.get(record.get("item_id", ""))
-            score = record.get("score")
-            if category is None or not score:
-                continue
-            row = table.setdefault(category, {"n": 0, "passed": 0, "value_sum": 0.0, "unscored": 0})
-            if score.get("status", "scored") != "scored":
-                row["unscored"] += 1
-                continue
-            row["n"] += 1
-            row["passed"] += int(bool(score.get("passed")))
-            row["value_sum"] += float(score.get("value", 0.0))
-        by_category = {
-            category: {
-                "n": int(row["n"]),
-                "pass_rate": row["passed"] / row["n"] if row["n"] else None,
-                "mean": row["value_sum"] / row["n"] if row["n"] else None,
-                "unscored": int(row["unscored"]),
-            }
-            for category, row in sorted(table.items())
-        }
-        return {"by_category": by_category}
-
-    def data_files(self) -> list[Path]:
-        return [ITEMS_PATH, TOOLS_PATH, ITEM_SCHEMA_PATH, TOOLS_SCHEMA_PATH]

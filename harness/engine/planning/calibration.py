@@ -1,7 +1,7 @@
 """Calibration mixes: datasets -> chat-formatted text -> token ids, with a preflight that fails fast.
 
 A mix is data (YAML): which datasets (each through a schema adapter from
-:mod:`bench.engine.adapters`), how many samples from each (counts or weights), the sequence
+:mod:`bench.engine.planning.schema_adapters`), how many samples from each (counts or weights), the sequence
 length and the seed. Named recipes ship in ``harness/engine/recipes/``. Rows are rendered with
 the model's own chat template, tools included, so calibration sees what serving sees.
 
@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bench.engine.adapters import ADAPTERS, Adapter, Conversation, SchemaError, make_getter
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.moe import resolve_if_moe
+from bench.engine.planning.schema_adapters import ADAPTERS, Adapter, Conversation, SchemaError, make_getter
+from bench.engine.planning.sizes import gib
 from bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -331,9 +334,6 @@ def _measure_matmul_gflops(seconds: float = 0.3) -> float:
 
 def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS) -> PreflightReport:
     """Validate the first rows of every dataset and estimate the pruning cost, before reading weights."""
-    from bench.engine.checkpoint import Checkpoint
-    from bench.engine.moe import resolve_if_moe
-
     started = time.perf_counter()
     checkpoint = Checkpoint.open(model_dir)  # headers only
     tokenizer = load_tokenizer(model_dir)
@@ -390,8 +390,6 @@ def _estimate_cost(checkpoint: Any, moe: Any, tokens: int, gflops: float) -> tup
 
 
 def render_preflight(report: PreflightReport) -> str:
-    from bench.engine.checkpoint import gib
-
     lines = [f"calibration mix {report.mix.name}: {report.mix.samples} samples x <= {report.mix.seq_len} tokens, "
              f"seed {report.mix.seed}"]
     for c in report.datasets:

@@ -27,23 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.engine.checkpoint import copy_side_files
+from bench.engine.planning.side_files import copy_side_files
 from bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from bench.engine.calibration import Mix
-    from bench.engine.reap import ScoringResult
+    from bench.engine.compute.reap import ScoringResult
+    from bench.engine.planning.calibration import Mix
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # router temperatures tried, in units of 1/std(logits)
-# Pull of the refitted down projections toward the dense model's own, relative to the mean
-# squared activation. A weak pull toward zero (1e-3) overfitted the calibration tokens and made the
-# build chaotic: float rounding moved refitted weights by up to 0.6 between two builds, and FP8's
-# held-out loss gap ranged from 0.008 to 0.075 nats across builds (0.004 and 0.021 with this one).
-# Scaling each neuron's pull by its own mean squared activation instead of the mean over neurons
-# lowered the fit error (0.034 and 0.036 against 0.042, with tiers=4), but then pruning the most
-# salient experts lowered the held-out loss most: inverse REAP beat REAP at 25% by 0.076 and 0.065.
+# Pull of the refitted down projections toward the dense model's own, relative to the mean squared
+# activation: strong enough that the fit does not chase the calibration tokens, which made builds
+# chaotic (see docs/findings/smollm-moe-pruning-order.md for the alternatives measured).
 REFIT_RIDGE = 0.1
 # Router temperature of ``experts="exact"`` builds, in units of 1/std(logits): so cold that top-k
 # weights are uniform to about 0.1%, while the logits still rank the experts for each token.
@@ -265,7 +261,7 @@ def build_smollm_moe(
     """Turn a dense Llama-architecture checkpoint into a Qwen2-MoE-architecture MoE in ``out``.
 
     Args:
-        dense_dir: dense checkpoint (e.g. from ``bench.engine.toy.build_smollm``).
+        dense_dir: dense checkpoint (e.g. from ``bench.engine.toys.builders.build_smollm``).
         out: output directory (bf16 safetensors, Qwen2-MoE config, the dense model's tokenizer,
             chat template and generation config).
         n_experts: experts per layer; must divide the MLP intermediate size.
@@ -273,34 +269,32 @@ def build_smollm_moe(
         shared_fraction: share of each MLP's neurons (the most important on the calibration text)
             that form the always-on shared expert; the rest is split between routed experts.
             Dense SwiGLU activations are not sparse, so some always-on neurons keep the MoE close
-            to the dense model at the cost of larger experts. With ``experts="exact"`` and
-            ``tiers=4`` a smaller share leaves the routed experts more unequal in strength: at
-            0.25, REAP beat frequency and the mean of random selections at 25% and 50% on all twelve
-            builds measured; at 0.5 it did not at 25% (see the engine tests).
+            to the dense model at the cost of larger experts. A smaller share leaves the routed
+            experts more unequal in strength, which is what ranking pruning criteria needs.
         tiers: importance bands the routed neurons are cut into before clustering (must divide
             ``n_experts``): with one band every expert holds a similar mix of strong and weak
             neurons and they differ only in which tokens they serve; with several, some experts
-            hold stronger neurons than others (on the dense model). With refitted experts that did
-            not make one pruning criterion reliably right on held-out text: with 4, REAP beat
-            frequency at 25% on three builds of four (see the engine tests' docstring).
+            hold stronger neurons than others (on the dense model).
         experts: how the expert down projections are made. ``"refit"``: least squares over the
             calibration tokens, so the routed MLP rebuilds the dense one as closely as it can and a
             chosen expert also stands in for the neurons routing left out; then an expert's output
             size says little about its use on unseen text. ``"exact"``: each expert is its dense
             neurons as they are, behind a router so cold that the chosen experts weigh the same, so
             an expert's output is exactly what its neurons add to the dense MLP. Further from the
-            dense model, but what a saliency criterion measures is real (see the engine tests).
+            dense model, but what a saliency criterion measures is real.
         calibration: text the neuron groups and routers are fitted on; the shipped
             ``smollm-moe-fit`` mix (needs ``data_dir`` or BENCH_DATA_DIR) by default.
         fit_tokens: at most this many calibration tokens are used.
         seed: seeds the clustering.
         progress: called with one line per layer.
+
+    How these choices order pruning criteria on held-out text: docs/findings/smollm-moe-pruning-order.md.
     """
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, Qwen2MoeConfig
 
-    from bench.engine.calibration import build_samples, load_mix
+    from bench.engine.planning.calibration import build_samples, load_mix
 
     started = time.perf_counter()
     dense_dir, out = Path(dense_dir), Path(out)
@@ -484,7 +478,7 @@ class LossMeter:
                          seed: int = 0, invert: bool = False) -> torch.Tensor:
         """``token_losses`` with every layer keeping the ``keep`` experts ``criterion`` rates highest in
         ``scoring`` (lowest with ``invert``: the mirror image that a saliency criterion must beat)."""
-        from bench.engine.prune import select_experts
+        from bench.engine.planning.prune_plan import select_experts
 
         scores = {layer: stats.scores(criterion, seed=seed, layer=layer) for layer, stats in scoring.stats.items()}
         if invert:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bench.engine.checkpoint import Checkpoint
+from bench.engine.planning.checkpoint import Checkpoint
 from bench.errors import UserError
 
 Layout = Literal["per_expert", "fused"]
@@ -173,7 +173,7 @@ def family_for(config: dict[str, Any]) -> Family:
     raise UserError(
         f"config.json model_type {shown!r} (architectures {config.get('architectures')}) is not a known MoE "
         f"family: no adapter says where its router, experts and expert count live.{hint} "
-        f"Known: {', '.join(known)}; add a Family entry in harness/engine/moe.py"
+        f"Known: {', '.join(known)}; add a Family entry in harness/engine/planning/moe.py"
     )
 
 

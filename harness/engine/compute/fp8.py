@@ -1,25 +1,17 @@
-"""FP8 checkpoints in the compressed-tensors format that vLLM and transformers load.
+"""FP8 checkpoints in the compressed-tensors format that vLLM and transformers load, written as a stream.
 
-Every linear weight becomes float8_e4m3fn with a float32 scale, per output channel (the
-FP8_DYNAMIC scheme: activations are quantized per token at run time, so no calibration data is
-needed) or per 128x128 block (FP8_BLOCK, for kernels that want block scales). That includes
-every expert in both on-disk layouts: per-expert 2D tensors and fused ``[n_experts, out, in]``
-tensors, which get ``[n_experts, out, 1]`` scales. Routers, norms, embeddings and lm_head stay
-in their original precision, and are listed in the config's ``ignore`` so loaders know.
-
-The work is streamed: the output layout is planned from headers, then the weights are read in
-row chunks straight from a memory map (a run of adjacent small tensors, such as a layer's
-experts, as one chunk), quantized, and appended to the output file. Reading, quantizing and
-writing overlap: the next run's pages are mapped in while a worker quantizes the current one
-and a writer thread writes the last. Peak memory is a few chunks, whatever the model size.
+What becomes FP8, with which scales, is decided from headers by :mod:`bench.engine.planning.fp8_plan`.
+Here the weights are read in row chunks straight from a memory map (a run of adjacent small
+tensors, such as a layer's experts, as one chunk), quantized, and appended to the output file.
+Reading, quantizing and writing overlap: the next run's pages are mapped in while a worker
+quantizes the current one and a writer thread writes the last. Peak memory is a few chunks,
+whatever the model size.
 """
-
 from __future__ import annotations
 
 import contextlib
 import gc
 import math
-import re
 import shutil
 import sys
 import time
@@ -27,213 +19,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.engine.checkpoint import (
-    DTYPE_BYTES,
-    MAP_WINDOW_BYTES,
-    Checkpoint,
-    Encoded,
-    PlannedTensor,
-    TensorInfo,
-    TensorReader,
-    copy_side_files,
-    layout_shards,
-    predicted_file_bytes,
-    write_config,
-    write_streamed,
-)
-from bench.engine.moe import MoEModel, resolve_if_moe
-from bench.pruning_record import PRUNING_FILE
+from bench.engine.compute.stream_writer import Encoded, write_streamed
+from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
+from bench.engine.planning.checkpoint import DTYPE_BYTES, Checkpoint
+from bench.engine.planning.fp8_plan import QuantPlan, TensorPlan, plan_quantization, quantization_config
+from bench.engine.planning.layout import layout_shards
+from bench.engine.planning.side_files import copy_side_files, write_config
 from bench.errors import UserError
+from bench.pruning_record import PRUNING_FILE
 
 if TYPE_CHECKING:
     import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
-FLOAT_DTYPES = {"BF16", "F16", "F32"}
-# Linear weights kept in high precision in every family: input and output embeddings.
-ALWAYS_KEPT = (r"(^|\.)embed_tokens\.weight$", r"(^|\.)lm_head\.weight$", r"(^|\.)wte\.weight$",
-               r"(^|\.)embeddings?\.")
-
-Action = Literal["quantize", "keep"]
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    """What happens to one source tensor (or one expert's slice of a fused one), and what it becomes."""
-
-    source: TensorInfo
-    action: Action
-    reason: str  # why it is kept, or "linear" / "expert"
-    outputs: tuple[PlannedTensor, ...]
-    # For an expert cut out of a fused [n_experts, out, in] tensor: (expert, first row, end row).
-    select: tuple[int, int, int] | None = None
-
-
-@dataclass
-class QuantPlan:
-    """The whole conversion, known before any weight is read."""
-
-    checkpoint: Checkpoint
-    moe: MoEModel | None
-    block: int | None
-    skip_experts: bool
-    unfuse: bool
-    tensors: list[TensorPlan]
-    ignore: list[str]
-
-    @property
-    def output(self) -> list[PlannedTensor]:
-        return [out for plan in self.tensors for out in plan.outputs]
-
-    def predicted_bytes(self, max_shard_bytes: int) -> int:
-        return predicted_file_bytes(self.output, max_shard_bytes)
-
-    def counts(self) -> dict[str, int]:
-        quantized = sum(1 for p in self.tensors if p.action == "quantize")
-        return {"quantized": quantized, "kept": len(self.tensors) - quantized}
-
-
-def scale_shape(shape: tuple[int, ...], block: int | None) -> tuple[int, ...]:
-    """Scale shape of a 2D ``[out, in]`` or fused 3D ``[experts, out, in]`` weight."""
-    *lead, out_dim, in_dim = shape
-    if block is None:
-        return (*lead, out_dim, 1)
-    return (*lead, math.ceil(out_dim / block), math.ceil(in_dim / block))
-
-
-def plan_quantization(
-    checkpoint: Checkpoint, *, block: int | None = None, skip_experts: bool = False, unfuse: bool = True
-) -> QuantPlan:
-    """Decide, from headers alone, which tensors become FP8 and what the output holds.
-
-    ``unfuse`` writes quantized fused experts as per-expert 2D tensors
-    (``experts.<e>.gate_proj.weight`` + ``weight_scale``): the layout both transformers'
-    compressed-tensors loader and vLLM's per-expert mapping read. With ``unfuse=False`` the
-    3D tensors stay fused with ``[n_experts, out, 1]`` scales (``experts.gate_up_proj_scale``).
-    """
-    if block is not None and block <= 0:
-        raise UserError(f"--block must be a positive number of rows/columns, got {block}")
-    quant = checkpoint.config.get("quantization_config")
-    if quant:
-        raise UserError(
-            f"{checkpoint.path} is already quantized ({quant.get('quant_method', quant.get('format', '?'))}); "
-            "quantize the original bf16 checkpoint instead"
-        )
-    moe = resolve_if_moe(checkpoint)
-    experts = moe.expert_tensor_names() if moe else set()
-    routers = moe.router_tensor_names() if moe else set()
-    shared_gates = set()
-    if moe:
-        shared_gates = {n for layer in moe.layers for n in layer.shared_tensors if n.endswith("_gate.weight")}
-    family_keep = [re.compile(p) for p in (moe.family.keep_high_precision if moe else ())]
-    always = [re.compile(p) for p in ALWAYS_KEPT]
-    plans: list[TensorPlan] = []
-    ignore: list[str] = []
-    fused_names = {n for layer in moe.layers if layer.layout == "fused" for n in layer.fused_tensors} if moe else set()
-    for info in checkpoint.in_file_order():
-        reason = _keep_reason(info, experts, routers, shared_gates, family_keep, always, skip_experts)
-        if reason is None and unfuse and info.name in fused_names:
-            plans.extend(_unfused_plans(info, block, moe))
-            continue
-        if reason is None:
-            weight = PlannedTensor(info.name, "F8_E4M3", info.shape)
-            scale = PlannedTensor(_scale_name(info.name), "F32", scale_shape(info.shape, block))
-            kind = "expert" if info.name in experts else "linear"
-            plans.append(TensorPlan(info, "quantize", kind, (weight, scale)))
-            continue
-        plans.append(TensorPlan(info, "keep", reason, (PlannedTensor(info.name, info.dtype, info.shape),)))
-        if reason in {"embedding", "router", "shared-expert gate", "family", "too small"} \
-                and info.name.endswith(".weight") \
-                and len(info.shape) == 2:
-            ignore.append(info.name.removesuffix(".weight"))
-    if skip_experts and experts:
-        # vLLM asks for <experts>.0.<proj> of every MoE layer; one pattern covers both layouts.
-        ignore.append(r"re:.*\.experts\..*")
-    return QuantPlan(checkpoint, moe, block, skip_experts, unfuse, plans, ignore)
-
-
-def _unfused_plans(info: TensorInfo, block: int | None, moe: MoEModel | None) -> list[TensorPlan]:
-    """Per-expert 2D plans for one fused 3D expert tensor (gate_up_proj splits into gate and up)."""
-    assert moe is not None
-    stems = moe.family.projections
-    block_prefix, stem = info.name.rsplit("experts.", 1)
-    n_experts, out_dim, in_dim = info.shape
-    if stem == "gate_up_proj":
-        half = out_dim // 2
-        parts = [(stems.gate, 0, half), (stems.up, half, out_dim)]
-    else:
-        parts = [(stems.down if stem == "down_proj" else stem, 0, out_dim)]
-    plans = []
-    for expert in range(n_experts):
-        for proj, start, stop in parts:
-            name = f"{block_prefix}experts.{expert}.{proj}.weight"
-            shape = (stop - start, in_dim)
-            outputs = (
-                PlannedTensor(name, "F8_E4M3", shape),
-                PlannedTensor(_scale_name(name), "F32", scale_shape(shape, block)),
-            )
-            plans.append(TensorPlan(info, "quantize", "expert", outputs, select=(expert, start, stop)))
-    return plans
-
-
-def _scale_name(name: str) -> str:
-    # Fused expert tensors have no ".weight" suffix (experts.gate_up_proj): the scale sits beside them.
-    return name.removesuffix(".weight") + ".weight_scale" if name.endswith(".weight") else name + "_scale"
-
-
-def _keep_reason(info: TensorInfo, experts: set[str], routers: set[str], shared_gates: set[str],
-                 family_keep: list[re.Pattern[str]], always: list[re.Pattern[str]], skip_experts: bool) -> str | None:
-    if info.dtype not in FLOAT_DTYPES:
-        return "not floating point"
-    if info.name in experts:
-        if skip_experts:
-            return "expert (--skip-experts)"
-        if len(info.shape) == 3 and not info.name.endswith("_bias"):
-            return None
-        if len(info.shape) == 2 and info.name.endswith(".weight"):
-            return None
-        return "expert bias"
-    if info.name in routers:
-        return "router"
-    if info.name in shared_gates:
-        return "shared-expert gate"
-    if not info.name.endswith(".weight") or len(info.shape) != 2:
-        return "not a linear weight"
-    if any(p.search(info.name) for p in always):
-        return "embedding"
-    if any(p.search(info.name) for p in family_keep):
-        return "family"
-    if min(info.shape) < 16:
-        return "too small"
-    return None
-
-
-def quantization_config(plan: QuantPlan) -> dict[str, Any]:
-    """The ``quantization_config`` block, built by compressed-tensors from its own preset scheme."""
-    from compressed_tensors import CompressionFormat
-    from compressed_tensors.quantization import (
-        QuantizationConfig,
-        QuantizationStatus,
-        preset_name_to_scheme,
-    )
-
-    preset = "FP8_DYNAMIC" if plan.block is None else "FP8_BLOCK"
-    scheme = preset_name_to_scheme(preset, targets=["Linear"])
-    if plan.block is not None and scheme.weights is not None:
-        scheme.weights.block_structure = [plan.block, plan.block]
-        if scheme.input_activations is not None:
-            scheme.input_activations.group_size = plan.block
-    config = QuantizationConfig(
-        config_groups={"group_0": scheme},
-        format=CompressionFormat.float_quantized.value,
-        quantization_status=QuantizationStatus.COMPRESSED,
-        ignore=plan.ignore,
-    )
-    return config.model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +91,7 @@ class ChannelQuantizer:
     smallest normal), weights divided, clamped and cast as torch casts to float8_e4m3fn, bit for bit.
 
     Per-expert tensors are small, so the blocks of a whole run of them go to the compiled kernel
-    (:mod:`bench.engine.fp8_kernel`) together.
+    (:mod:`bench.engine.compute.fp8_kernel`) together.
 
     Codes go into buffers reused from call to call: fresh memory costs a page fault per 4 KiB,
     which on a virtual machine took longer than quantizing the page. A buffer is reused only once
@@ -315,7 +117,7 @@ class ChannelQuantizer:
         """Quantize ``source`` (flat; float16, bfloat16 or float32), which holds ``shapes`` back to back."""
         import torch
 
-        from bench.engine.fp8_kernel import quantize_channels, use_threads
+        from bench.engine.compute.fp8_kernel import quantize_channels, use_threads
 
         n = source.numel()
         if n != sum(rows * cols for rows, cols in shapes):
@@ -636,7 +438,7 @@ def quantize_checkpoint(
     checkpoint = Checkpoint.open(model_dir)
     plan = plan_quantization(checkpoint, block=block, skip_experts=skip_experts, unfuse=unfuse)
     shards = layout_shards(plan.output, max_shard_bytes)
-    reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
+    reader = TensorReader(checkpoint, window_bytes=MAP_WINDOW_BYTES)
     stream = QuantizedStream(plan, reader, chunk_bytes, progress)
     written = write_streamed(out_dir, shards, stream.tensors())
     errors = stream.errors

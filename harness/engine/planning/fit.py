@@ -2,8 +2,8 @@
 
 Served memory = weights + KV cache (+ recurrent state for linear-attention layers) + runtime
 overhead, against ``gpu_gib x gpu_memory_utilization`` (vLLM's budget). Weights are exact: the
-same planners that write pruned and FP8 checkpoints (``prune.plan_pruned``,
-``fp8.plan_quantization``) are run on headers, so "keep N experts per layer" predicts the bytes
+same planners that write pruned and FP8 checkpoints (``prune_plan.plan_pruned``,
+``fp8_plan.plan_quantization``) are run on headers, so "keep N experts per layer" predicts the bytes
 ``bench prune`` and ``bench quantize`` will write. Weights scale linearly with the experts kept,
 so the largest N that fits is solved directly. No torch, no weight is read.
 """
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.engine.checkpoint import Checkpoint, PlannedTensor, gib, predicted_file_bytes
-from bench.engine.fp8 import plan_quantization
-from bench.engine.moe import MoEModel, resolve_if_moe, text_config
-from bench.engine.prune import plan_pruned, uniform_keep, virtual_checkpoint
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.fp8_plan import plan_quantization
+from bench.engine.planning.layout import PlannedTensor, predicted_file_bytes
+from bench.engine.planning.moe import MoEModel, resolve_if_moe, text_config
+from bench.engine.planning.prune_plan import plan_pruned, uniform_keep, virtual_checkpoint
+from bench.engine.planning.sizes import gib
 from bench.errors import UserError
 
 GIB = 1 << 30

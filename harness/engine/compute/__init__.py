@@ -1,0 +1,1 @@
+"""Engine half that touches weights (torch): reading tensors, REAP scoring, pruning, FP8 and streamed writing."""
