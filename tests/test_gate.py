@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -282,6 +283,14 @@ def test_baseline_save_and_gate_by_name(runs: dict[str, Path], tmp_path: Path) -
     with pytest.raises(UserError, match="already exists"):
         save_baseline(runs["base"], "main-v1", baselines_dir=tmp_path / "baselines")
 
+
+def test_baseline_keeps_the_runs_pruning_record(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "pruned-run"
+    shutil.copytree(runs["base"], run)
+    (run / "pruning.json").write_text('{"criterion": "reap"}', encoding="utf-8")
+    stored = save_baseline(run, "pruned", baselines_dir=tmp_path / "baselines")
+    assert (stored / "pruning.json").read_text(encoding="utf-8") == '{"criterion": "reap"}'
+    assert sorted(p.name for p in stored.iterdir()) == ["items.jsonl", "manifest.json", "pruning.json", "results.json"]
 
 def test_subdimension_lost_to_truncation_is_warned_not_skipped(runs: dict[str, Path], tmp_path: Path) -> None:
     cand = write_run(tmp_path, "cut", n_per_pack=N, truncated_subdimension={"toolcall": "restraint"})

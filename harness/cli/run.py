@@ -19,8 +19,8 @@ M = TypeVar("M", bound=BaseModel)
 # Flag defaults and help come from the option models: a default is declared once, in the model.
 _SERVE, _EVAL, _RUN = ServeOptions(), EvalOptions(), RunOptions()
 
-# flag -> (model, field): the one map between command-line flags and option fields (also used to
-# name the flag when a value is rejected).
+# flag -> field of ServeOptions, EvalOptions or RunOptions: the one map between command-line flags
+# and option fields (it also names the flag when a value is rejected).
 SERVE_FLAGS = {
     "--vllm-python": "python", "--port": "port", "--max-model-len": "max_model_len", "--chat-template": "chat_template",
     "--reasoning-parser": "reasoning_parser", "--tool-call-parser": "tool_call_parser", "--vllm-arg": "args",

@@ -14,10 +14,13 @@ from pathlib import Path
 from bench.errors import UserError
 from bench.shipped import USER_BASELINES_DIR
 from bench.compare.rundata import load_run
+from bench.pruning_record import PRUNING_FILE
 from bench.run.store import ITEMS, MANIFEST, RESULTS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STORED_FILES = (MANIFEST, RESULTS, ITEMS)
+# Kept when the run has it, so a baseline's report still draws the experts it kept.
+OPTIONAL_FILES = (PRUNING_FILE,)
 
 
 def save_baseline(run: Path, name: str, *, baselines_dir: Path = USER_BASELINES_DIR, overwrite: bool = False) -> Path:
@@ -40,6 +43,9 @@ def save_baseline(run: Path, name: str, *, baselines_dir: Path = USER_BASELINES_
     staging.mkdir(parents=True)
     for filename in STORED_FILES:
         shutil.copy2(run / filename, staging / filename)
+    for filename in OPTIONAL_FILES:
+        if (run / filename).is_file():
+            shutil.copy2(run / filename, staging / filename)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
