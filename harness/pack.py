@@ -50,7 +50,7 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
     data: dict[str, Any] = Field(default_factory=dict)
-    tiers: list[Tier] = Field(default_factory=lambda: ["full"])
+    tiers: list[Tier] = Field(default_factory=lambda: list[Tier](["full"]))
     # Reference answers used by the test suite to prove item and scorer agree; never sent to a model.
     reference: dict[str, Any] | None = None
     wrong: list[dict[str, Any]] = Field(default_factory=list)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from bench.errors import UserError
 from bench.pack import Pack

@@ -39,8 +39,8 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real vLLM server on the scripted model, launched the way `bench run` launches it."""
-    from bench.serve.model_info import choose_parsers, read_checkpoint
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.model_info import choose_parsers, read_checkpoint
     from bench.serve.options import ServeOptions
 
     info = read_checkpoint(scripted_model)

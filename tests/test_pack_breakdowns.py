@@ -8,21 +8,21 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from rundirs import write_run
 
 from bench.compare.rundata import load_run
 from bench.errors import UserError
 from bench.pack import JsonlPack, Pack
-from bench.report import html as report
-from bench.run.aggregate import build_results
-from bench.run.records import ItemRecord, Results
-from bench.run.store import RunStore
-from bench.testing import record_for, transcript_for_answer, transcript_for_text
 from bench.packs.bugfind import BugFindPack
 from bench.packs.dataextract import DataExtractPack
 from bench.packs.instructfollow import InstructFollowPack
 from bench.packs.smoke import SmokePack
 from bench.packs.toolcall import ToolCallPack
-from rundirs import write_run
+from bench.report import html as report
+from bench.run.aggregate import build_results
+from bench.run.records import ItemRecord, Results
+from bench.run.store import RunStore
+from bench.testing import record_for, transcript_for_answer, transcript_for_text
 
 PACKS_DIR = Path(__file__).resolve().parents[1] / "packs"
 # Hand-written packs whose reference answers need no sandbox to score (bugfind's Python fixes do).

@@ -17,13 +17,13 @@ import pytest
 from bench import registry
 from bench.errors import UserError
 from bench.pack import Item
-from bench.sandbox import sandbox_backend
-from bench.run.aggregate import build_results
-from bench.testing import record_for, transcript_for_answer, transcript_for_text
 from bench.packs.bugfind import BugFindPack
 from bench.packs.bugfind.extract import extract_answer
 from bench.packs.bugfind.hidden import run_hidden_tests
 from bench.packs.bugfind.pack import load_items, number_lines
+from bench.run.aggregate import build_results
+from bench.sandbox import sandbox_backend
+from bench.testing import record_for, transcript_for_answer, transcript_for_text
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS_PATH = Path(str(BugFindPack.resource("items.jsonl")))

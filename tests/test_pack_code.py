@@ -12,13 +12,13 @@ import pytest
 
 from bench.errors import UserError
 from bench.pack import Item, Score
-from bench.run.aggregate import build_results
-from bench.testing import record_for
-from bench.transcript import Exchange, Request, Response, Transcript
 from bench.packs.code import KNOWN_DEFECTS, QUICK_IDS, CodePack, Sample, build_solution, check
 from bench.packs.code import data as code_data
 from bench.packs.code.crosscheck import KINDS, evalplus_own_statuses, mixed_kinds, reply_for
 from bench.packs.code.extract import certain_failure, find_code, prompt_context
+from bench.run.aggregate import build_results
+from bench.testing import record_for
+from bench.transcript import Exchange, Request, Response, Transcript
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
 DATA_FILE = DATA_DIR / code_data.LOCAL_NAME

@@ -12,13 +12,13 @@ import pytest
 from bench import registry
 from bench.errors import UserError
 from bench.pack import Item
-from bench.run.aggregate import build_results
-from bench.run.records import ItemRecord
-from bench.testing import transcript_for_answer, transcript_for_text
 from bench.packs.dataextract import DataExtractPack
 from bench.packs.dataextract.extract import Extracted, NotFound, find_json
 from bench.packs.dataextract.fields import compare_fields
 from bench.packs.dataextract.normalize import is_blank, to_number, values_equal
+from bench.run.aggregate import build_results
+from bench.run.records import ItemRecord
+from bench.testing import transcript_for_answer, transcript_for_text
 
 PACK = DataExtractPack()
 ITEMS_PATH = Path(str(DataExtractPack.resource("items.jsonl")))

@@ -10,12 +10,12 @@ import pytest
 
 from bench.errors import UserError
 from bench.pack import Item, Score
+from bench.packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
+from bench.packs.mmlu.pack import QUICK_IDS
 from bench.run.aggregate import build_results
 from bench.run.records import ItemRecord
 from bench.testing import record_for
 from bench.transcript import Exchange, Request, Response, Transcript
-from bench.packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
-from bench.packs.mmlu.pack import QUICK_IDS
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
 

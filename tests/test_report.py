@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from candidate_tables import HOSTILE_LABEL, sample_summary, write_pruning
+from rundirs import HOSTILE_CONTENT, write_run
 from websockets.sync.client import ClientConnection, connect
 
 from bench.compare import gate
+from bench.compare.rundata import load_run
+from bench.compare.spec import load_spec
 from bench.report import gate_files
 from bench.report import html as report
-from bench.compare.spec import load_spec
-from bench.compare.rundata import load_run
-from candidate_tables import HOSTILE_LABEL, sample_summary, write_pruning
-from rundirs import HOSTILE_CONTENT, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,15 +10,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from candidate_tables import HOSTILE_LABEL, sample_summary, sample_table, write_pruning
-from bench.report import html as report
+from rundirs import write_run
+
 from bench.candidate.summary import report_table, write_loop_report, write_summary
+from bench.compare.rundata import load_run
 from bench.errors import UserError
+from bench.report import html as report
 from bench.report.candidates import load_candidate_table, table_cells
 from bench.run.checkpoint_facts import copy_checkpoint_facts
-from bench.compare.rundata import load_run
-from rundirs import write_run
 
 SVG = "{http://www.w3.org/2000/svg}"
 CELL_TITLE = re.compile(r"^layer (\d+), expert (\d+) \((kept as expert \d+|pruned)\): reap score ([^;]+)")
@@ -199,12 +199,12 @@ def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypa
 def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripted tiny MoE, pruned to half its experts by a real REAP pass on a few lines of text."""
     pytest.importorskip("torch")
+    import torch
+
     from bench.engine.compute.prune import prune_checkpoint
     from bench.engine.planning.calibration import Mix
     from bench.engine.planning.prune_plan import PruneOptions
     from bench.engine.toys.builders import build_scripted
-
-    import torch
 
     root = tmp_path_factory.mktemp("pruned")
     text = root / "text.jsonl"

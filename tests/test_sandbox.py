@@ -20,8 +20,14 @@ from pathlib import Path
 import pytest
 
 import bench.sandbox as sandbox_module
-from bench.sandbox import BackendChoice, SandboxResult, run_python, sandbox_backend
-from bench.sandbox import _bwrap_usable, _reachable_by_others  # the probes the backend choice uses
+from bench.sandbox import (  # the probes the backend choice uses
+    BackendChoice,
+    SandboxResult,
+    _bwrap_usable,
+    _reachable_by_others,
+    run_python,
+    sandbox_backend,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

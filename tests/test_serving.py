@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from bench.serve.model_info import choose_parsers, read_checkpoint
-from bench.run.client import ChatClient, ClientConfig
-from bench.serve.preflight import PreflightOptions, run_preflight
-from bench.run.store import RunStore
 from conftest import bench_cmd, install_echo_pack, vllm_python
+
+from bench.run.client import ChatClient, ClientConfig
+from bench.run.store import RunStore
+from bench.serve.model_info import choose_parsers, read_checkpoint
+from bench.serve.preflight import PreflightOptions, run_preflight
 
 pytestmark = pytest.mark.vllm
 

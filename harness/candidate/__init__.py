@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.candidate.cache import Step, StepStore, exclusive
 from bench.candidate.keys import FileDigests, step_key
 from bench.candidate.loop import Echo, StepLog, digest_memo, run_loop, step_status
 from bench.candidate.plan import Plan, load_plan, parse_plan, plan_schema
 from bench.candidate.prepare import Candidate, Prepared, prepare
-from bench.candidate.cache import Step, StepStore, exclusive
 from bench.candidate.summary import (
     Summary,
     build_summary,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.candidate.cache import Done, Step, StepStore
 from bench.candidate.keys import FileDigests
 from bench.candidate.prepare import Candidate, Prepared
-from bench.candidate.cache import Done, Step, StepStore
 from bench.errors import UserError
 from bench.run.records import Results
 from bench.run.store import MANIFEST, RunStore
@@ -198,8 +198,8 @@ class Loop:
         if (done := self._cached(step)) is not None:
             return done
         from bench.compare import gate
-        from bench.report import gate_files
         from bench.compare.rundata import load_run
+        from bench.report import gate_files
 
         self._announce(step, "gating against the base")
         started = time.monotonic()

@@ -8,16 +8,16 @@ alike; the per-pack scores stay in the table beside it, and the verdict comes fr
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from bench import __version__
+from bench.candidate.cache import StepStore
 from bench.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
 from bench.candidate.prepare import Prepared
-from bench.candidate.cache import StepStore
 from bench.pruning_record import PRUNING_FILE
 from bench.report.candidates import CandidateRow as Row
 from bench.report.candidates import CandidateTable
@@ -124,12 +124,12 @@ def build_summary(prepared: Prepared, out: Path, base: CandidateOutcome, outcome
         ))
     points = {r.label: (r.size_bytes, r.mean_score) for r in rows
               if r.size_bytes is not None and r.mean_score is not None and r.valid}
-    front = pareto_front(points)  # type: ignore[arg-type]
+    front = pareto_front(points)
     for row in rows:
         row.pareto = row.label in front
     return Summary(
         name=prepared.name, plan=str(prepared.plan_path), base=str(prepared.base), out=str(out),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), bench_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), bench_version=__version__,
         packs=prepared.packs, gate_spec=prepared.gate_source, rows=rows, pareto=front,
         steps=Steps(ran=len(log.ran), cached=len(log.cached), resumed=len(log.resumed), failed=log.failed),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,10 +40,14 @@ def register(app: typer.Typer) -> None:
     def candidate_cmd(
         model: Annotated[Path, typer.Option("--model", help="Base checkpoint directory (bf16 MoE safetensors).")],
         plan: Annotated[Path, typer.Option("--plan", help="Plan YAML: prune settings, quantization, packs, gate, vLLM.")],
-        out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default candidates/<plan name>); reusing it reuses finished steps.")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Root for {data_dir} in calibration mixes (else the plan's, else BENCH_DATA_DIR).")] = None,
-        vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", envvar="BENCH_VLLM_PYTHON", help="Interpreter that has vLLM (else the plan's).")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the plan and list each step as cached, resume or run; run nothing.")] = False,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="Output folder (default candidates/<plan name>); reusing it reuses finished steps.")] = None,
+        data_dir: Annotated[Path | None, typer.Option(
+            "--data-dir", help="Root for {data_dir} in calibration mixes (else the plan's, else BENCH_DATA_DIR).")] = None,
+        vllm_python: Annotated[str | None, typer.Option(
+            "--vllm-python", envvar="BENCH_VLLM_PYTHON", help="Interpreter that has vLLM (else the plan's).")] = None,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="Check the plan and list each step as cached, resume or run; run nothing.")] = False,
     ) -> None:
         """Prune (ratios x mixes) -> FP8 -> run packs -> gate against the base -> one report, every step cached.
 

@@ -10,13 +10,13 @@ import typer
 from bench.shipped import USER_BASELINES_DIR
 
 
-
 def register(app: typer.Typer) -> None:
     @app.command("gate")
     def gate_cmd(
         run: Path = typer.Argument(..., help="candidate run directory"),
         baseline: str = typer.Option(..., "--baseline", "-b", help="baseline run directory or stored baseline name"),
-        spec: str | None = typer.Option(None, "--spec", "-s", help="gate spec: a YAML or JSON file, or a shipped spec name (default, strict); default: default"),
+        spec: str | None = typer.Option(
+            None, "--spec", "-s", help="gate spec: a YAML or JSON file, or a shipped spec name (default, strict); default: default"),
         markdown: Path | None = typer.Option(None, "--markdown", help="write a Markdown summary here"),
         junit: Path | None = typer.Option(None, "--junit", help="write JUnit XML (one test case per rule) here"),
         json_path: Path | None = typer.Option(None, "--json", help="write the full gate result as JSON here"),
@@ -24,11 +24,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare RUN with a baseline under a spec: exit 0 Pass, 1 Fail*, 2 Invalid or bad input."""
         from bench.compare import gate
+        from bench.compare.baselines import resolve_run
+        from bench.compare.rundata import load_run
+        from bench.compare.spec import load_spec
         from bench.report import gate_files
         from bench.shipped import resolve_spec
-        from bench.compare.baselines import resolve_run
-        from bench.compare.spec import load_spec
-        from bench.compare.rundata import load_run
 
         spec_file = resolve_spec(spec)
         gate_spec = load_spec(spec_file)
@@ -47,7 +47,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="HTML file to write"),
         gate_json: Path | None = typer.Option(None, "--gate", help="a bench gate --json result for the verdict banner"),
         max_items: int = typer.Option(200, "--max-items", min=0, help="items shown in the drill-down, flipped first"),
-        candidates: Path | None = typer.Option(None, "--candidates", help="a bench candidate candidates.json: adds the size-vs-score section"),
+        candidates: Path | None = typer.Option(
+            None, "--candidates", help="a bench candidate candidates.json: adds the size-vs-score section"),
     ) -> None:
         """Render one self-contained HTML report comparing the runs."""
         from bench.report import html as report
@@ -63,7 +64,8 @@ def register(app: typer.Typer) -> None:
     def baseline_save_cmd(
         run: Path = typer.Argument(..., help="finished run directory"),
         name: str = typer.Argument(..., help="baseline name (a folder under --dir)"),
-        directory: Path = typer.Option(USER_BASELINES_DIR, "--baselines-dir", "--dir", help="your baselines folder (not the shipped specs)"),
+        directory: Path = typer.Option(
+            USER_BASELINES_DIR, "--baselines-dir", "--dir", help="your baselines folder (not the shipped specs)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing baseline of that name"),
     ) -> None:
         """Store RUN's manifest, results and item scores under BASELINES_DIR/NAME/."""

@@ -11,11 +11,11 @@ import re
 import shutil
 from pathlib import Path
 
-from bench.errors import UserError
-from bench.shipped import USER_BASELINES_DIR
 from bench.compare.rundata import load_run
+from bench.errors import UserError
 from bench.pruning_record import PRUNING_FILE
 from bench.run.store import ITEMS, MANIFEST, RESULTS
+from bench.shipped import USER_BASELINES_DIR
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STORED_FILES = (MANIFEST, RESULTS, ITEMS)

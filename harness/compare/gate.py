@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from bench import stats
-from bench.errors import UserError
-from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
-from bench.run.records import Interval, Manifest, PackResult
 from bench.compare.rundata import RunData
+from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
+from bench.errors import UserError
+from bench.run.records import Interval, Manifest, PackResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 # Float noise must not turn "dropped exactly the allowance" into a failure.
@@ -287,7 +287,8 @@ def _floor_outcome(rule: _PlannedRule, candidate: RunData, spec: GateSpec) -> Ru
         )  # fmt: skip
     upper = interval.high if interval.high is not None else interval.mean
     failed = (interval.mean < rule.threshold - _EPS) if rule.decision == "point" else (upper < rule.threshold - _EPS)
-    span = f" ({_pct(spec.confidence)} CI {interval.low:.3f}-{interval.high:.3f})" if interval.low is not None and interval.high is not None else ""
+    has_bounds = interval.low is not None and interval.high is not None
+    span = f" ({_pct(spec.confidence)} CI {interval.low:.3f}-{interval.high:.3f})" if has_bounds else ""
     relation = "below" if interval.mean < rule.threshold else "at or above"
     message = f"{label} {interval.mean:.3f}{span} is {relation} the floor {rule.threshold:.3f} (n={interval.n})"
     return _outcome(

@@ -16,11 +16,11 @@ import pandas as pd
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.report import charts
 from bench.errors import UserError
-from bench.report.expert_map import expert_map
 from bench.modelfile import read_model_file
 from bench.pruning_record import PruningRecord, read_pruning
+from bench.report import charts
+from bench.report.expert_map import expert_map
 
 _UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 

@@ -78,7 +78,8 @@ def heatmap(
                 if np.isfinite(value):
                     rgba = mesh.cmap(mesh.norm(value))
                     light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
-                    axes.text(col + 0.5, row + 0.5, value_format.format(value), ha="center", va="center", fontsize=8, color="black" if light else "white")
+                    axes.text(col + 0.5, row + 0.5, value_format.format(value), ha="center", va="center", fontsize=8,
+                              color="black" if light else "white")
         # No colour bar: matplotlib rasterises its gradient; every cell carries its value as text.
         figure.suptitle(title, fontsize=10)  # the layout fits a figure title; a long axes title would be cut
     return _to_svg(figure, salt)
@@ -111,7 +112,8 @@ def grouped_bars(
                 positions + (index - (count - 1) / 2) * width, np.nan_to_num(mean), width, yerr=np.clip(errors, 0, None),
                 label=label, color=_PALETTE[index % len(_PALETTE)], capsize=2, error_kw={"elinewidth": 0.8},
             )  # fmt: skip
-        axes.set_xticks(positions, list(categories), rotation=20 if len(categories) > 5 else 0, ha="right" if len(categories) > 5 else "center")
+        slanted = len(categories) > 5
+        axes.set_xticks(positions, list(categories), rotation=20 if slanted else 0, ha="right" if slanted else "center")
         axes.set_ylim(0, 1.05)
         axes.set_ylabel(ylabel)
         axes.set_title(title)

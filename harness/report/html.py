@@ -26,12 +26,10 @@ from pandas.io.formats.style import Styler
 
 from bench import __version__ as bench_version
 from bench import stats
-from bench.report import charts
-from bench.errors import UserError
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
-from bench.report.templates import template_environment
-from bench.run.checkpoint_facts import run_pruning
-from bench.run.records import Interval, ItemRecord, PackResult
+from bench.compare.rundata import RunData, load_run
+from bench.errors import UserError
+from bench.report import charts
 from bench.report.candidates import (
     CandidateTable,
     ExpertMaps,
@@ -41,7 +39,9 @@ from bench.report.candidates import (
     pruning_sources,
     verdict_text,
 )
-from bench.compare.rundata import RunData, load_run
+from bench.report.templates import template_environment
+from bench.run.checkpoint_facts import run_pruning
+from bench.run.records import Interval, ItemRecord, PackResult
 
 TEXT_LIMIT = 3000  # characters of one content/reasoning/request cell before it is cut
 OPEN_ITEMS = 3  # drill-down entries shown expanded
@@ -146,7 +146,9 @@ def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataF
         spreads = [run.results.packs[pack].repeat_spread if pack in run.results.packs else None for run in runs]
         if any(spread is not None for spread in spreads):
             # How much repeats of one item disagreed: the noise a single run would have carried.
-            rows[(pack, "repeat spread")] = {label: f"{spread:.3f}" if spread is not None else "-" for label, spread in zip(labels, spreads, strict=True)}
+            rows[(pack, "repeat spread")] = {
+                label: f"{spread:.3f}" if spread is not None else "-" for label, spread in zip(labels, spreads, strict=True)
+            }
             classes[(pack, "repeat spread")] = {}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index = pd.MultiIndex.from_tuples(list(rows), names=["pack", "measure"])
@@ -161,7 +163,8 @@ def subdimension_frame(runs: Sequence[RunData], labels: Sequence[str]) -> pd.Dat
     for run, label in zip(runs, labels, strict=True):
         for pack, result in run.results.packs.items():
             for sub, interval in result.subdimensions.items():
-                records.append({"pack": pack, "subdimension": sub, "run": label, "mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n})
+                records.append({"pack": pack, "subdimension": sub, "run": label, "mean": interval.mean,
+                                "low": interval.low, "high": interval.high, "n": interval.n})
     return pd.DataFrame.from_records(records, columns=["pack", "subdimension", "run", "mean", "low", "high", "n"])
 
 
@@ -178,11 +181,15 @@ def _subdimension_table(long: pd.DataFrame, labels: Sequence[str]) -> pd.DataFra
     if long.empty:
         return pd.DataFrame()
     long = long.assign(
-        cell=[_fmt_interval(Interval(mean=m, low=lo, high=hi, n=int(n))) if m is not None and not _nan(m) else "-" for m, lo, hi, n in zip(long["mean"], long["low"], long["high"], long["n"], strict=True)]
+        cell=[
+            _fmt_interval(Interval(mean=m, low=lo, high=hi, n=int(n))) if m is not None and not _nan(m) else "-"
+            for m, lo, hi, n in zip(long["mean"], long["low"], long["high"], long["n"], strict=True)
+        ]
     )
     wide = long.pivot_table(index=["pack", "subdimension"], columns="run", values="cell", aggfunc="first")
     order = list(dict.fromkeys(zip(long["pack"], long["subdimension"], strict=True)))
-    return wide.reindex(index=pd.MultiIndex.from_tuples(order, names=["pack", "subdimension"]), columns=[label for label in labels if label in wide.columns])
+    index = pd.MultiIndex.from_tuples(order, names=["pack", "subdimension"])
+    return wide.reindex(index=index, columns=[label for label in labels if label in wide.columns])
 
 
 def _nan(value: Any) -> bool:
@@ -452,7 +459,8 @@ def _subdimension_charts(long: pd.DataFrame, labels: Sequence[str]) -> list[Mark
     if means.shape[1] > 1:
         deltas = means.iloc[:, 1:].sub(means.iloc[:, 0], axis=0)
         deltas.columns = [f"{column} − {means.columns[0]}" for column in deltas.columns]
-        out.append(charts.heatmap(deltas, title="Change vs the first run", salt="subdimension-deltas", diverging=True, value_format="{:+.2f}"))
+        out.append(charts.heatmap(deltas, title="Change vs the first run", salt="subdimension-deltas", diverging=True,
+                                  value_format="{:+.2f}"))
     return out
 
 

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
@@ -154,7 +154,7 @@ class ChatClient:
                 started = time.perf_counter()
                 try:
                     completion = await endpoint.client.chat.completions.create(
-                        model=self.config.model, messages=request.messages, extra_body=extra or None, **kwargs
+                        model=self.config.model, messages=cast(Any, request.messages), extra_body=extra or None, **kwargs
                     )
                 except Exception as exc:
                     if isinstance(exc, openai.OpenAIError) and _is_transient(exc) and attempt < self.config.max_retries:

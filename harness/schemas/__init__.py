@@ -7,17 +7,18 @@ regenerates them and a test fails when they drift from the models.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from pydantic import BaseModel
 
 from bench.run.records import ItemRecord, Manifest, Results
 
 HERE = Path(__file__).parent
-MODELS = {"manifest": Manifest, "item": ItemRecord, "results": Results}
+MODELS: dict[str, type[BaseModel]] = {"manifest": Manifest, "item": ItemRecord, "results": Results}
 
 
 def generate(name: str) -> dict[str, Any]:

@@ -80,7 +80,8 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
                 template = named.get("default") or next(iter(named.values()), None)
     gen_path = path / "generation_config.json"
     generation = _read_json(gen_path) if gen_path.is_file() else {}
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    nested = config.get("text_config")
+    text_config: dict[str, Any] = nested if isinstance(nested, dict) else {}
     max_pos = config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
     return CheckpointInfo(
         path=path,

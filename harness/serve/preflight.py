@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import httpx
 
 from bench.run.client import ChatClient, RequestFailed, server_root
-from bench.serve.health import LEAK_PATTERN
 from bench.run.records import PreflightCheck
+from bench.serve.health import LEAK_PATTERN
 from bench.transcript import Request, Response
 
 PLAIN_PROMPT = "What is the capital of France? Answer in one short sentence."
@@ -67,15 +67,17 @@ def check_plain(reply: Response, options: PreflightOptions) -> PreflightCheck:
     if content is not None and ("</think>" in content or "<think>" in content):
         marker = "</think>" if "</think>" in content else "<think>"
         return PreflightCheck(name="plain_answer", ok=False, detail=f"responses contain {marker}", evidence=f"content={_shown(content)}",
-                              fix=fix_reasoning if not options.reasoning_parser else "the reasoning parser does not match this model's markup: pick the right --reasoning-parser")
+                              fix=fix_reasoning if not options.reasoning_parser
+                              else "the reasoning parser does not match this model's markup: pick the right --reasoning-parser")
     if not (content or "").strip():
         if reply.finish_reason == "length":
             return PreflightCheck(name="plain_answer", ok=False,
-                                  detail=f"no answer within {PROBE_MAX_TOKENS} tokens (finish_reason=length, reasoning={_shown(reply.reasoning)})",
+                                  detail=f"no answer within {PROBE_MAX_TOKENS} tokens "
+                                         f"(finish_reason=length, reasoning={_shown(reply.reasoning)})",
                                   fix="the model thinks past the probe budget: check the chat template, or run with --no-thinking")
         return PreflightCheck(name="plain_answer", ok=False, detail=f"empty content (reasoning={_shown(reply.reasoning)})",
                               fix="check the chat template and reasoning parser; the answer never reached content")
-    if LEAK_PATTERN.search(content):
+    if LEAK_PATTERN.search(content or ""):
         return PreflightCheck(name="plain_answer", ok=False, detail=f"content holds template markup: {_shown(content)}",
                               fix="the chat template or tokenizer leaks special tokens: pass the right --chat-template")
     where = "reasoning" if reply.reasoning else "none"
@@ -86,7 +88,8 @@ def check_no_thinking(reply: Response) -> PreflightCheck:
     if reply.content is None or not reply.content.strip():
         return PreflightCheck(name="thinking_off", ok=False,
                               detail=f"with enable_thinking=false content is {_shown(reply.content)} (reasoning={_shown(reply.reasoning)})",
-                              fix="the reasoning parser treats the whole reply as reasoning when thinking is off: update vLLM or the chat template")
+                              fix="the reasoning parser treats the whole reply as reasoning when thinking is off: "
+                                  "update vLLM or the chat template")
     if "<think>" in reply.content or "</think>" in reply.content:
         return PreflightCheck(name="thinking_off", ok=False, detail=f"content={_shown(reply.content)}",
                               fix="the template's enable_thinking switch leaks markup: pass a fixed --chat-template")
@@ -119,7 +122,8 @@ async def run_preflight(client: ChatClient, options: PreflightOptions) -> list[P
         plain = await client.chat(_request(PLAIN_PROMPT))
     except RequestFailed as exc:
         checks.append(PreflightCheck(name="first_request", ok=False, detail=str(exc),
-                                     fix="the server is up but failed its first request: read the server log (unsupported head_dim or dtype on this device is a common cause)"))
+                                     fix="the server is up but failed its first request: read the server log "
+                                         "(unsupported head_dim or dtype on this device is a common cause)"))
         return checks
     checks.append(PreflightCheck(name="first_request", ok=True, detail=f"{plain.latency_s:.2f} s"))
     checks.append(check_plain(plain, options))

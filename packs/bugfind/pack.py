@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
 from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
-from bench.transcript import Transcript
 from bench.packs.bugfind import scoring
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.run.records import ItemRecord

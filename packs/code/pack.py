@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
 from bench.pack import Item, Pack, Sampling, Score, Tier, unscorable
-from bench.transcript import Transcript
 from bench.packs.code import data as code_data
-from bench.packs.code.scoring import GT_TIME_LIMIT_FACTOR, Sample, Verdict, check
 from bench.packs.code.extract import build_solution, certain_failure
+from bench.packs.code.scoring import GT_TIME_LIMIT_FACTOR, Sample, Verdict, check
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.run.records import ItemRecord

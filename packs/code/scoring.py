@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.sandbox import run_python
 from bench.packs.code import data as code_data
+from bench.sandbox import run_python
 
 DRIVER = Path(__file__).with_name("driver.py")
 # evalplus's evaluator defaults (evalplus.config), spelled out because they set the time limits.

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
-from bench.transcript import Transcript
 from bench.packs.dataextract.data import check_item
 from bench.packs.dataextract.scoring import extraction_rules, score_reply
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.run.records import ItemRecord

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.pack import Item, JsonlPack, Sampling, Score, unscorable
-from bench.transcript import Transcript
 from bench.packs.instructfollow import scoring
 from bench.packs.instructfollow.checks import FAMILIES
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.run.records import ItemRecord

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
 from bench.pack import Item, Pack, Sampling, Score, Tier
-from bench.transcript import Transcript
 from bench.packs.mmlu.data import Rows, data_dir_from_env, load_rows
 from bench.packs.mmlu.scoring import LETTERS, aggregate, judge
 from bench.packs.mmlu.stratify import stratified
 from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF, readable
+from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.run.records import ItemRecord

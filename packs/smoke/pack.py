@@ -10,9 +10,9 @@ import json
 from typing import Any
 
 from bench.pack import Item, Pack, Sampling, Score, Tier
+from bench.packs.smoke.scoring import judge
 from bench.run.session import Session
 from bench.transcript import Transcript
-from bench.packs.smoke.scoring import judge
 
 WEATHER_TOOL = {
     "type": "function",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.transcript import ToolCall
 from bench.packs.toolcall.matchers import MISSING, check
+from bench.transcript import ToolCall
 
 
 def mock_result(turn: dict[str, Any], call: ToolCall) -> str:

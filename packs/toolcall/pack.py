@@ -13,11 +13,11 @@ from functools import cached_property
 from typing import Any
 
 from bench.pack import Item, JsonlPack, Sampling, Score
-from bench.run.session import Session
-from bench.transcript import Transcript
 from bench.packs.toolcall.data import Catalog, check_item, load_catalog
 from bench.packs.toolcall.mock import mock_result
 from bench.packs.toolcall.scoring import score_transcript
+from bench.run.session import Session
+from bench.transcript import Transcript
 
 # Items with relative dates ("next Friday") are written against this day.
 DEFAULT_SYSTEM = "You are a helpful assistant. Today is Wednesday, 12 March 2025."

@@ -29,8 +29,8 @@ from jsonschema import Draft202012Validator
 from scipy.optimize import linear_sum_assignment
 
 from bench.pack import Score, unscorable
-from bench.transcript import Response, ToolCall, Transcript
 from bench.packs.toolcall.matchers import MISSING, Matcher, check, check_fact, describe, show
+from bench.transcript import Response, ToolCall, Transcript
 
 ToolDefs = dict[str, dict[str, Any]]  # tool name -> OpenAI "function" object (name, description, parameters)
 

@@ -168,5 +168,5 @@ def quantize_channels(source: np.ndarray, row_starts: np.ndarray, codes: np.ndar
 
 def use_threads(threads: int) -> None:
     """Run the kernel on ``threads`` threads (torch's count), within what numba started with."""
-    started_with = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # config attributes are set at run time
+    started_with = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set when numba starts
     numba.set_num_threads(max(1, min(threads, started_with)))

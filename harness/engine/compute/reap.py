@@ -24,7 +24,7 @@ import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bench.engine.compute.memory import release_freed_memory
 from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
@@ -126,7 +126,6 @@ def _stack_state(
     Routed experts are held in ``expert_dtype`` (default ``dtype``): their stored precision, when
     the forward upcasts one expert at a time (see :func:`attach_experts_forward`).
     """
-    import torch
 
     state: dict[str, torch.Tensor] = {}
     expert_names = set(layer.all_expert_tensors()) if layer else set()
@@ -330,8 +329,7 @@ def _experts_module(module: nn.Module) -> nn.Module:
     problem = _experts_problem(module)
     if problem is not None:
         raise UserError(problem)
-    experts: nn.Module = getattr(module, "mlp").experts
-    return experts
+    return module.get_submodule("mlp").get_submodule("experts")
 
 
 def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int) -> None:
@@ -346,6 +344,9 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
 
     def forward(self: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
+        gate_up_proj = cast("torch.Tensor", self.gate_up_proj)
+        down_proj = cast("torch.Tensor", self.down_proj)
+        act_fn = cast("Callable[[torch.Tensor], torch.Tensor]", self.act_fn)
         out = torch.zeros_like(hidden)
         if stats is not None:
             stats.tokens += hidden.shape[0]
@@ -354,10 +355,10 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
             x, index, weights = hidden[start:stop], top_k_index[start:stop], top_k_weights[start:stop]
             for expert in torch.unique(index).tolist():
                 token, slot = torch.where(index == expert)
-                gate_up = self.gate_up_proj[expert].to(x.dtype)
+                gate_up = gate_up_proj[expert].to(x.dtype)
                 gate, up = torch.nn.functional.linear(x[token], gate_up).chunk(2, dim=-1)
                 del gate_up
-                y = torch.nn.functional.linear(self.act_fn(gate) * up, self.down_proj[expert].to(x.dtype))
+                y = torch.nn.functional.linear(act_fn(gate) * up, down_proj[expert].to(x.dtype))
                 g = weights[token, slot].to(y.dtype)
                 if stats is not None:
                     stats.add(expert, g, y.norm(dim=-1))

@@ -78,7 +78,7 @@ def write_streamed(
         raise RuntimeError(f"tensor {leftover[0]!r} was produced but not planned")
     index_path = out_dir / INDEX_NAME
     if len(shards) > 1:
-        total = sum(t.nbytes for shard in shards for t in shard.tensors)  # type: ignore[union-attr]
+        total = sum(t.nbytes for shard in shards for t in shard.tensors)
         index_path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     elif index_path.exists():
         index_path.unlink()

@@ -35,5 +35,5 @@ def torch_dtype(code: str) -> torch.dtype:
 
     for name, st in TORCH_TO_ST.items():
         if st == code:
-            return getattr(torch, name.removeprefix("torch."))  # type: ignore[no-any-return]
+            return getattr(torch, name.removeprefix("torch."))
     raise UserError(f"safetensors dtype {code} has no torch equivalent here")

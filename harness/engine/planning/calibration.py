@@ -22,14 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.engine.planning.checkpoint import Checkpoint
 from bench.engine.planning.moe import resolve_if_moe
-from bench.engine.planning.schema_adapters import ADAPTERS, Adapter, Conversation, SchemaError, make_getter
+from bench.engine.planning.schema_adapters import ADAPTERS, Conversation, SchemaError, make_getter
 from bench.engine.planning.sizes import gib
 from bench.errors import UserError
 
@@ -275,7 +275,7 @@ def render(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> st
                 )
                 message["content"] = (message.get("content") or "") + rendered
     try:
-        return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False))
+        return str(tokenizer.apply_chat_template(messages, tools=cast(Any, tools), tokenize=False))
     except Exception as exc:
         raise SchemaError("messages", f"is rejected by the chat template: {exc}") from exc
 

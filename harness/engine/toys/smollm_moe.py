@@ -336,7 +336,7 @@ def build_smollm_moe(
         prefix = f"model.layers.{index}."
         mlp = layer.mlp
         captured: list[torch.Tensor] = []
-        hook = mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0].reshape(-1, args[0].shape[-1])))
+        hook = mlp.register_forward_pre_hook(lambda _m, args, out=captured: out.append(args[0].reshape(-1, args[0].shape[-1])))
         for h in hidden:
             _run_layer(model, layer, h)
         hook.remove()
