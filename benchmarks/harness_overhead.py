@@ -21,10 +21,10 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
+from bench.client import ChatClient, ClientConfig
 from bench.engine.toys.builders import build_scripted
 from bench.pack import Item, Sampling
 from bench.packs.smoke.pack import SmokePack
-from bench.run.client import ChatClient, ClientConfig
 from bench.run.runner import PackPlan, RunPlan, run_plan
 from bench.run.store import RunStore
 from bench.serve.launch import LaunchConfig, serving

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench import registry
-from bench.run.records import ItemRecord
+from bench.records import ItemRecord
 from bench.run.runner import score_safely
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript

@@ -25,7 +25,7 @@ from bench.errors import UserError
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
     from bench.run.session import Session
 
 Tier = Literal["quick", "full"]

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 from scipy import stats as scipy_stats
 
-from bench.run.records import Interval
+from bench.records import Interval
 
 # Resamples for bootstrap intervals and permutation tests: enough for stable 95% ends and a
 # p-value resolution of 1/2000, small enough that a 10,000-item gate stays well under a second.

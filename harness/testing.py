@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.pack import Item, Pack, Score
-from bench.run.records import ItemRecord
+from bench.records import ItemRecord
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 
 

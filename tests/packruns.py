@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench import __version__, registry
+from bench.client import ChatClient
 from bench.pack import Item, Pack, Tier
+from bench.records import ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
 from bench.run.aggregate import build_results
-from bench.run.client import ChatClient
 from bench.run.evaluation import pack_sampling
 from bench.run.options import EvalOptions
-from bench.run.records import ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
 from bench.run.runner import PackPlan, RunPlan, ask_item
 from bench.run.store import RunStore
 from bench.testing import transcript_for_answer

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.pack import Item, Pack, Score, Tier
+from bench.records import Flags, ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
 from bench.run.aggregate import build_results
-from bench.run.records import Flags, ItemRecord, Manifest, PackEntry, PreflightCheck, ServerInfo
 from bench.run.store import RunStore
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript, Usage
 

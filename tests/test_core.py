@@ -16,9 +16,9 @@ import pytest
 from conftest import install_echo_pack
 
 from bench import schemas
+from bench.client import ChatClient, ClientConfig, RequestFailed
 from bench.errors import UserError
-from bench.run.client import ChatClient, ClientConfig, RequestFailed
-from bench.run.records import ItemRecord
+from bench.records import ItemRecord
 from bench.run.store import RunStore
 from bench.serve.health import scan_response
 from bench.serve.model_info import choose_parsers, read_checkpoint
@@ -312,8 +312,8 @@ def test_launch_and_client_take_their_values_from_the_options(tmp_path: Path) ->
 
 
 def test_sampling_maps_to_request_fields_in_one_place() -> None:
+    from bench.client import request_fields
     from bench.pack import Sampling
-    from bench.run.client import request_fields
     from bench.run.options import EvalOptions
 
     sampling = EvalOptions(temperature=0.6, no_thinking=True).sampling_for(Sampling(max_tokens=64, top_p=0.95, top_k=20))
@@ -334,7 +334,7 @@ FLAT_OPTIONS = {  # manifest.json "options" as runs written before the nested sh
 
 
 def _run_dir_with_options(root: Path, options: dict) -> Path:
-    from bench.run.records import Manifest, ServerInfo
+    from bench.records import Manifest, ServerInfo
 
     store = RunStore.create(root, "r")
     store.write_manifest(Manifest(run_id="r", created_at="t", bench_version="0", model=None,

@@ -268,8 +268,8 @@ def test_cli_prune_end_to_end(tmp_path: Path) -> None:
 @needs_data
 @pytest.mark.vllm
 def test_pruned_scripted_model_is_served_by_vllm_and_passes_preflight(tmp_path: Path, mix) -> None:  # type: ignore[no-untyped-def]
+    from bench.client import ChatClient, ClientConfig
     from bench.engine.toys.builders import build_scripted
-    from bench.run.client import ChatClient, ClientConfig
     from bench.serve.launch import LaunchConfig, serving
     from bench.serve.model_info import choose_parsers, read_checkpoint
     from bench.serve.options import ServeOptions

@@ -24,7 +24,7 @@ from packruns import Regression, RunSpec, planted_item_ids, write_pack_run
 from bench.compare import gate
 from bench.compare.rundata import load_run
 from bench.compare.spec import load_spec
-from bench.run.records import ItemRecord, Results
+from bench.records import ItemRecord, Results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "baselines" / "default.yaml"

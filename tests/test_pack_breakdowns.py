@@ -18,9 +18,9 @@ from bench.packs.dataextract import DataExtractPack
 from bench.packs.instructfollow import InstructFollowPack
 from bench.packs.smoke import SmokePack
 from bench.packs.toolcall import ToolCallPack
+from bench.records import ItemRecord, Results
 from bench.report import html as report
 from bench.run.aggregate import build_results
-from bench.run.records import ItemRecord, Results
 from bench.run.store import RunStore
 from bench.testing import record_for, transcript_for_answer, transcript_for_text
 

@@ -16,8 +16,8 @@ from bench.packs.dataextract import DataExtractPack
 from bench.packs.dataextract.extract import Extracted, NotFound, find_json
 from bench.packs.dataextract.fields import compare_fields
 from bench.packs.dataextract.normalize import is_blank, to_number, values_equal
+from bench.records import ItemRecord
 from bench.run.aggregate import build_results
-from bench.run.records import ItemRecord
 from bench.testing import transcript_for_answer, transcript_for_text
 
 PACK = DataExtractPack()

@@ -14,7 +14,7 @@ from bench.errors import UserError
 from bench.packs.instructfollow import InstructFollowPack, checks, scoring, text
 from bench.packs.instructfollow.pack import load_items
 from bench.packs.instructfollow.schema import build_item_schema, load_item_schema
-from bench.run.records import ItemRecord
+from bench.records import ItemRecord
 from bench.testing import transcript_for_answer, transcript_for_text
 from bench.transcript import Transcript
 

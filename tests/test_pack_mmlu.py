@@ -12,8 +12,8 @@ from bench.errors import UserError
 from bench.pack import Item, Score
 from bench.packs.mmlu import CATEGORIES, CATEGORY_OF, MMLUPack, extract_letter, quick_selection, stratified
 from bench.packs.mmlu.pack import QUICK_IDS
+from bench.records import ItemRecord
 from bench.run.aggregate import build_results
-from bench.run.records import ItemRecord
 from bench.testing import record_for
 from bench.transcript import Exchange, Request, Response, Transcript
 

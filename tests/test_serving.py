@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import bench_cmd, install_echo_pack, vllm_python
 
-from bench.run.client import ChatClient, ClientConfig
+from bench.client import ChatClient, ClientConfig
 from bench.run.store import RunStore
 from bench.serve.model_info import choose_parsers, read_checkpoint
 from bench.serve.preflight import PreflightOptions, run_preflight

@@ -21,7 +21,7 @@ from bench.candidate.cache import Done, Step, StepStore
 from bench.candidate.keys import FileDigests
 from bench.candidate.prepare import Candidate, Prepared
 from bench.errors import UserError
-from bench.run.records import Results
+from bench.records import Results
 from bench.run.store import MANIFEST, RunStore
 
 Echo = Callable[[str], None]

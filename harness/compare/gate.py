@@ -20,7 +20,7 @@ from bench import stats
 from bench.compare.rundata import RunData
 from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
 from bench.errors import UserError
-from bench.run.records import Interval, Manifest, PackResult
+from bench.records import Interval, Manifest, PackResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 # Float noise must not turn "dropped exactly the allowance" into a failure.

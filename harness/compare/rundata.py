@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from bench import stats
 from bench.errors import UserError
 from bench.pack import Score
-from bench.run.records import Flags, ItemRecord, Manifest, Results
+from bench.records import Flags, ItemRecord, Manifest, Results
 from bench.run.store import ITEMS, RESULTS, RunStore
 
 # An item whose request failed counts as a zero, as in results.json (bench.run.aggregate).

@@ -29,6 +29,7 @@ from bench import stats
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
 from bench.compare.rundata import RunData, load_run
 from bench.errors import UserError
+from bench.records import Interval, ItemRecord, PackResult
 from bench.report import charts
 from bench.report.candidates import (
     CandidateTable,
@@ -41,7 +42,6 @@ from bench.report.candidates import (
 )
 from bench.report.templates import template_environment
 from bench.run.checkpoint_facts import run_pruning
-from bench.run.records import Interval, ItemRecord, PackResult
 
 TEXT_LIMIT = 3000  # characters of one content/reasoning/request cell before it is cut
 OPEN_ITEMS = 3  # drill-down entries shown expanded

@@ -15,7 +15,7 @@ import numpy as np
 
 from bench import stats
 from bench.pack import Item, Pack
-from bench.run.records import GroupResult, HealthCounts, ItemRecord, PackResult, Results, TimingStats
+from bench.records import GroupResult, HealthCounts, ItemRecord, PackResult, Results, TimingStats
 
 UNKNOWN_GROUP = "unknown"  # the group of an item the pack no longer has, or did not place
 

@@ -21,13 +21,13 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from bench import __version__, registry
+from bench.client import ChatClient, ClientConfig, normalize_endpoint, server_root
 from bench.errors import PreflightError, UserError
 from bench.pack import Pack, Sampling
+from bench.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
 from bench.run.aggregate import build_results
 from bench.run.checkpoint_facts import copy_checkpoint_facts
-from bench.run.client import ChatClient, ClientConfig, normalize_endpoint, server_root
 from bench.run.options import EvalOptions, RunOptions, upgrade_options
-from bench.run.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
 from bench.run.runner import PackPlan, RunPlan, run_plan
 from bench.run.store import RunStore, new_run_id
 from bench.serve.launch import LaunchConfig, check_checkpoint, resolve_vllm_python, serving, vllm_version

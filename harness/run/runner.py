@@ -17,10 +17,10 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.client import ChatClient, RequestFailed
 from bench.pack import Item, Pack, Sampling, Score
-from bench.run.client import ChatClient, RequestFailed
+from bench.records import ItemRecord
 from bench.run.options import EvalOptions, field_default
-from bench.run.records import ItemRecord
 from bench.run.session import Session
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript

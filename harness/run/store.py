@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from bench import schemas
 from bench.errors import UserError
-from bench.run.records import ItemRecord, Manifest, Results
+from bench.records import ItemRecord, Manifest, Results
 
 MANIFEST = "manifest.json"
 ITEMS = "items.jsonl"

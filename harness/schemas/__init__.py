@@ -1,4 +1,4 @@
-"""JSON Schemas of the run directory files, generated from the pydantic models in bench.run.records.
+"""JSON Schemas of the run directory files, generated from the pydantic models in bench.records.
 
 The checked-in ``*.schema.json`` files are what other tools read; ``python -m bench.schemas``
 regenerates them and a test fails when they drift from the models.
@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
-from bench.run.records import ItemRecord, Manifest, Results
+from bench.records import ItemRecord, Manifest, Results
 
 HERE = Path(__file__).parent
 MODELS: dict[str, type[BaseModel]] = {"manifest": Manifest, "item": ItemRecord, "results": Results}

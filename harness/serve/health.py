@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bench.run.records import Flags
+from bench.records import Flags
 from bench.transcript import Response, Transcript
 
 # Markup that a reasoning or tool-call parser should have removed from content.

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.run.client import ChatClient, RequestFailed, server_root
-from bench.run.records import PreflightCheck
+from bench.client import ChatClient, RequestFailed, server_root
+from bench.records import PreflightCheck
 from bench.serve.health import LEAK_PATTERN
 from bench.transcript import Request, Response
 

@@ -20,7 +20,7 @@ from bench.packs.bugfind import scoring
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 DEFAULT_TIMEOUT_S = 10.0
 

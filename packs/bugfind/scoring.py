@@ -21,7 +21,7 @@ from bench.packs.bugfind.extract import Answer, extract_answer
 from bench.packs.bugfind.hidden import FixVerdict, check_static_fix, run_hidden_tests
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 
 def format_value(answer: Answer) -> float:

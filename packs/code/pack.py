@@ -27,7 +27,7 @@ from bench.packs.code.scoring import GT_TIME_LIMIT_FACTOR, Sample, Verdict, chec
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 PASS = "pass"
 # Task -> (corrected oracle, what is wrong), for the evalplus releases that carry the defect.

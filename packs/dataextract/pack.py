@@ -18,7 +18,7 @@ from bench.packs.dataextract.scoring import extraction_rules, score_reply
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 PROMPT = """Extract data from the document below into one JSON object that follows the JSON Schema.
 - Use null for every field the document does not state. Do not guess or invent values.

@@ -26,7 +26,7 @@ from bench.packs.dataextract.extract import Extracted, find_json
 from bench.packs.dataextract.fields import Check, compare_fields
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 SCHEMA_PENALTY = 0.75  # factor on the value of an answer that breaks its schema
 MAX_PROBLEMS_SHOWN = 6

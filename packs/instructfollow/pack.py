@@ -18,7 +18,7 @@ from bench.packs.instructfollow.checks import FAMILIES
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 
 def load_items(path: Path | None = None) -> list[Item]:

@@ -18,7 +18,7 @@ from bench.packs.instructfollow import checks
 from bench.packs.instructfollow.text import loose_variants
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF, readable
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 MAX_SHOTS = 5  # the dev split holds five examples per subject
 QUICK_SEED = 20250

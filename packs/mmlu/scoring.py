@@ -19,7 +19,7 @@ from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF
 from bench.transcript import Transcript
 
 if TYPE_CHECKING:
-    from bench.run.records import ItemRecord
+    from bench.records import ItemRecord
 
 LETTERS = "ABCD"
 
