@@ -26,7 +26,7 @@ from bench.transcript import Transcript
 
 if TYPE_CHECKING:
     from bench.records import ItemRecord
-    from bench.run.session import Session
+    from bench.session import Session
 
 Tier = Literal["quick", "full"]
 ScoreStatus = Literal["scored", "truncated", "empty", "error"]
@@ -87,7 +87,7 @@ class Pack(ABC):
 
     The simplest pack implements ``items``, ``messages`` and ``score``: the default ``run_item``
     sends ``messages(item)`` (with ``tools(item)`` when given) once. Multi-turn packs override
-    ``run_item`` and drive the :class:`~bench.run.session.Session` themselves, answering tool calls
+    ``run_item`` and drive the :class:`~bench.session.Session` themselves, answering tool calls
     with their own mock tools.
 
     ``breakdowns`` names the ways the pack's items group (MMLU: ``subject``, ``category``); the

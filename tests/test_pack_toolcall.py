@@ -18,7 +18,7 @@ from bench.packs.toolcall.data import ITEMS_PATH, load_catalog, load_items
 from bench.packs.toolcall.matchers import MISSING, check, check_fact, normalize_text, numbers_in, same_json
 from bench.records import ItemRecord
 from bench.run.aggregate import build_results
-from bench.run.session import Session
+from bench.session import Session
 from bench.testing import record_for, transcript_for_text
 from bench.transcript import Exchange, Request, Response, ToolCall, Transcript
 

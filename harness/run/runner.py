@@ -21,9 +21,9 @@ from bench.client import ChatClient, RequestFailed
 from bench.pack import Item, Pack, Sampling, Score
 from bench.records import ItemRecord
 from bench.run.options import EvalOptions, field_default
-from bench.run.session import Session
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript
+from bench.session import Session
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.pack import Item, Pack, Sampling, Score, Tier
 from bench.packs.smoke.scoring import judge
-from bench.run.session import Session
+from bench.session import Session
 from bench.transcript import Transcript
 
 WEATHER_TOOL = {

@@ -16,7 +16,7 @@ from bench.pack import Item, JsonlPack, Sampling, Score
 from bench.packs.toolcall.data import Catalog, check_item, load_catalog
 from bench.packs.toolcall.mock import mock_result
 from bench.packs.toolcall.scoring import score_transcript
-from bench.run.session import Session
+from bench.session import Session
 from bench.transcript import Transcript
 
 # Items with relative dates ("next Friday") are written against this day.
