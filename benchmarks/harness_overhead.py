@@ -60,7 +60,7 @@ OUTSIDE_REQUESTS: list[float] = []  # per run at concurrency 1: wall minus the t
 
 
 async def harness_loop(url: str, n: int, concurrency: int, run_dir: Path) -> float:
-    client = ChatClient(ClientConfig(endpoints=[url], model="scripted", concurrency=concurrency))
+    client = ChatClient(ClientConfig(endpoints=[url], model="scripted", concurrency=concurrency, timeout_s=300.0))
     plan = RunPlan(packs={"smoke": PackPlan(SmokePack(), items(n), Sampling(**SAMPLING))}, concurrency=concurrency)
     started = time.perf_counter()
     await run_plan(plan, client, RunStore(run_dir), show_progress=False)

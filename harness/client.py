@@ -18,7 +18,6 @@ import openai
 from openai import AsyncOpenAI
 
 from bench.pack import Sampling
-from bench.run.options import EvalOptions, field_default
 from bench.transcript import Request, Response, ToolCall, Usage
 
 
@@ -28,25 +27,16 @@ class RequestFailed(Exception):
 
 @dataclass
 class ClientConfig:
-    """Where requests go and how many at once; the run-level limits default to :class:`EvalOptions`'s."""
+    """Where requests go and how many at once. The limits have no defaults here: a run takes them from
+    its options (``bench.run.options.EvalOptions``), the one place their defaults are written."""
 
     endpoints: Sequence[str]  # base URLs ending in /v1
     model: str
+    concurrency: int
+    timeout_s: float
     api_key: str = "EMPTY"
-    concurrency: int = field_default(EvalOptions, "concurrency")
-    timeout_s: float = field_default(EvalOptions, "request_timeout_s")
     max_retries: int = 4
     backoff_s: float = 1.0
-
-    @classmethod
-    def for_run(cls, endpoints: Sequence[str], model: str, options: EvalOptions, *,
-                api_key: str | None = None) -> ClientConfig:
-        """The client of one run: its concurrency and request timeout."""
-        config = cls(endpoints=endpoints, model=model, concurrency=options.concurrency,
-                     timeout_s=options.request_timeout_s)
-        if api_key:
-            config.api_key = api_key
-        return config
 
 
 @dataclass

@@ -165,7 +165,7 @@ def flaky_server():
 
 def _ask(url: str) -> Response:
     async def go() -> Response:
-        client = ChatClient(ClientConfig(endpoints=[url], model="m", backoff_s=0.01))
+        client = ChatClient(ClientConfig(endpoints=[url], model="m", concurrency=8, timeout_s=30.0, backoff_s=0.01))
         try:
             return await client.chat(Request(messages=[{"role": "user", "content": "hi"}]))
         finally:
@@ -199,7 +199,7 @@ def test_client_times_out_on_a_hung_server_without_retrying() -> None:
 
         server = await asyncio.start_server(hang, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        client = ChatClient(ClientConfig(endpoints=[f"http://127.0.0.1:{port}/v1"], model="m", timeout_s=1.0,
+        client = ChatClient(ClientConfig(endpoints=[f"http://127.0.0.1:{port}/v1"], model="m", concurrency=8, timeout_s=1.0,
                                          backoff_s=0.01))
         started = time.perf_counter()
         try:
@@ -294,6 +294,7 @@ def test_plan_sections_are_the_run_option_models() -> None:
 
 
 def test_launch_and_client_take_their_values_from_the_options(tmp_path: Path) -> None:
+    from bench.run.evaluation import client_config
     from bench.run.options import EvalOptions
     from bench.serve.launch import LaunchConfig, build_command
     from bench.serve.model_info import ParserChoice
@@ -305,10 +306,8 @@ def test_launch_and_client_take_their_values_from_the_options(tmp_path: Path) ->
     assert command[command.index("--max-model-len") + 1] == str(ServeOptions().max_model_len)
     assert command[-1] == "--seed=3" and "--tool-call-parser" not in command
     options = EvalOptions(concurrency=3, request_timeout_s=7.5)
-    client = ClientConfig.for_run(["http://x/v1"], "m", options)
+    client = client_config(["http://x/v1"], "m", options)
     assert (client.concurrency, client.timeout_s) == (3, 7.5)
-    assert (ClientConfig(["u"], "m").concurrency, ClientConfig(["u"], "m").timeout_s) == \
-        (EvalOptions().concurrency, EvalOptions().request_timeout_s)
 
 
 def test_sampling_maps_to_request_fields_in_one_place() -> None:

@@ -282,7 +282,7 @@ def test_pruned_scripted_model_is_served_by_vllm_and_passes_preflight(tmp_path: 
                           serve=ServeOptions(python=vllm_python(), max_model_len=1024), cache_root=tmp_path / "vllm-cache")
 
     async def probe(base_url: str) -> list:  # type: ignore[type-arg]
-        client = ChatClient(ClientConfig(endpoints=[f"{base_url}/v1"], model="pruned", concurrency=1))
+        client = ChatClient(ClientConfig(endpoints=[f"{base_url}/v1"], model="pruned", concurrency=1, timeout_s=300.0))
         return await run_preflight(client, PreflightOptions(parsers.reasoning_parser, parsers.tool_call_parser))
 
     with serving(config, tmp_path / "server.log") as server:

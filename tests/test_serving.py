@@ -55,7 +55,7 @@ def test_parsers_picked_from_checkpoint(scripted_model: Path) -> None:
 
 def test_preflight_passes_with_right_parsers(scripted_server: str) -> None:
     async def probe() -> list:
-        client = ChatClient(ClientConfig(endpoints=[scripted_server + "/v1"], model="scripted"))
+        client = ChatClient(ClientConfig(endpoints=[scripted_server + "/v1"], model="scripted", concurrency=8, timeout_s=300.0))
         try:
             return await run_preflight(client, PreflightOptions(reasoning_parser="qwen3", tool_call_parser="hermes"))
         finally:

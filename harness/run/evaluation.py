@@ -216,6 +216,14 @@ def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInf
     )
 
 
+def client_config(endpoints: list[str], model: str, options: EvalOptions) -> ClientConfig:
+    """The client of one run: its concurrency and request timeout, and ``BENCH_API_KEY`` when set."""
+    config = ClientConfig(endpoints=endpoints, model=model, concurrency=options.concurrency,
+                          timeout_s=options.request_timeout_s)
+    if api_key := os.environ.get("BENCH_API_KEY"):
+        config.api_key = api_key
+    return config
+
 def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
             echo: Any = print) -> RunOutcome:
     """Run (or resume) an evaluation and return where it went and what it found."""
@@ -235,8 +243,7 @@ def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progres
         if server.launched:
             echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
         manifest = _manifest(run_id, options, plan, server)
-        client = ChatClient(ClientConfig.for_run(server.endpoints, server.served_model_name, options.evaluate,
-                                                 api_key=os.environ.get("BENCH_API_KEY")))
+        client = ChatClient(client_config(server.endpoints, server.served_model_name, options.evaluate))
         try:
             asked = asyncio.run(_checked_run(options, plan, client, store, manifest, show_progress, echo))
         except KeyboardInterrupt:
