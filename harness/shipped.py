@@ -7,6 +7,7 @@ where the source tree is. Users' own baselines live in a folder of theirs (``--b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -59,17 +60,29 @@ def plan_path(name: str) -> Path | None:
 
 
 def resolve_spec(value: str | Path | None) -> Path:
-    """A gate spec file from ``--spec``: a path, or the name of a shipped spec; None is ``default``."""
+    """A gate spec file from ``--spec``: a path, or the name of a shipped spec; None is the shipped ``default``."""
     if value is None:
-        value = "default"
+        shipped = spec_path("default")
+        if shipped is None:
+            raise UserError("the shipped gate spec 'default' is missing from the installed bench package: reinstall bench")
+        return shipped
+    return _resolve("gate spec", value, spec_path, spec_names())
+
+
+def resolve_plan(value: str | Path) -> Path:
+    """A candidate plan from ``--plan``: a path, or the name of a shipped plan (``demo``, ``sweep``)."""
+    return _resolve("plan", value, plan_path, plan_names())
+
+
+def _resolve(what: str, value: str | Path, shipped_path: Callable[[str], Path | None], names: list[str]) -> Path:
     path = Path(value).expanduser()
     if path.is_file():
         return path
-    shipped = spec_path(str(value)) if path.parent == Path(".") else None
+    shipped = shipped_path(str(value)) if path.parent == Path(".") else None
     if shipped is not None:
         return shipped
-    raise UserError(f"gate spec {value} not found: give a YAML or JSON file, or a shipped spec name "
-                    f"({', '.join(spec_names()) or 'none installed'})")
+    raise UserError(f"{what} {value} not found: give a YAML or JSON file, or a shipped {what} name "
+                    f"({', '.join(names) or 'none installed'})")
 
 
 def template_text(name: str) -> str:

@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
     @app.command("candidate")
     def candidate_cmd(
         model: Annotated[Path, typer.Option("--model", help="Base checkpoint directory (bf16 MoE safetensors).")],
-        plan: Annotated[Path, typer.Option("--plan", help="Plan YAML: prune settings, quantization, packs, gate, vLLM.")],
+        plan: Annotated[Path, typer.Option(
+            "--plan", help="Plan YAML (prune settings, quantization, packs, gate, vLLM), or a shipped plan name: demo, sweep, ...")],
         out: Annotated[Path | None, typer.Option(
             "--out", help="Output folder (default candidates/<plan name>); reusing it reuses finished steps.")] = None,
         data_dir: Annotated[Path | None, typer.Option(
@@ -64,6 +65,9 @@ def register(app: typer.Typer) -> None:
             prepare,
             step_status,
         )
+        from bench.shipped import resolve_plan
+
+        plan = resolve_plan(plan)
 
         def echo(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
