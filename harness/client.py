@@ -3,26 +3,40 @@
 Retries only what is transient (connection failures, 429, 5xx) with exponential backoff; a
 timeout or a 4xx is the answer and is recorded as the item's error. Several endpoints (replicas)
 share the load: each request goes to the endpoint with the fewest requests in flight.
+
+A dead server is not an item's error: when the launched server has exited, or every endpoint has
+refused connections for ``down_grace_s``, requests raise :class:`ServerDown` and the run stops,
+instead of retrying every remaining item against a closed port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import random
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
 
+from bench.errors import ServerError
 from bench.pack import Sampling
 from bench.transcript import Request, Response, ToolCall, Usage
+
+ERROR_BODY_CHARS = 300
+ServerCheck = Callable[[], str | None]  # None while the server lives, else the line saying it died
 
 
 class RequestFailed(Exception):
     """A request that failed for good (after retries, or not retryable)."""
+
+
+class ServerDown(ServerError):
+    """The server is gone: the run stops here (finished items are kept and it can be resumed)."""
 
 
 @dataclass
@@ -37,6 +51,7 @@ class ClientConfig:
     api_key: str = "EMPTY"
     max_retries: int = 4
     backoff_s: float = 1.0
+    down_grace_s: float = 10.0  # every endpoint refusing connections this long: the server is down
 
 
 @dataclass
@@ -45,6 +60,7 @@ class _Endpoint:
     client: AsyncOpenAI
     in_flight: int = 0
     sent: int = 0
+    refusing_since: float | None = None  # first refused connection since the last answer
 
 
 @dataclass
@@ -109,7 +125,7 @@ def parse_message(choice: Any, usage: Any, latency_s: float, endpoint: str) -> R
 class ChatClient:
     """Bounded-concurrency chat completions across endpoints."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, server_down: ServerCheck | None = None) -> None:
         if not config.endpoints:
             raise ValueError("at least one endpoint is needed")
         self.config = config
@@ -120,7 +136,19 @@ class ChatClient:
             for url in config.endpoints
         ]
         self._semaphore = asyncio.Semaphore(config.concurrency)
+        self._server_down = server_down
         self.stats = ClientStats()
+
+    def check_server(self) -> None:
+        """Raise :class:`ServerDown` when the launched server exited or every endpoint keeps refusing."""
+        if self._server_down is not None and (line := self._server_down()):
+            raise ServerDown(line)
+        now = time.monotonic()
+        since = [e.refusing_since for e in self._endpoints]
+        if all(s is not None and now - s >= self.config.down_grace_s for s in since):
+            urls = ", ".join(e.url for e in self._endpoints)
+            raise ServerDown(f"every endpoint refused connections for {self.config.down_grace_s:.0f} s ({urls}): "
+                             "is the server still running?")
 
     def _pick(self) -> _Endpoint:
         return min(self._endpoints, key=lambda e: (e.in_flight, e.sent))
@@ -136,6 +164,7 @@ class ChatClient:
         async with self._semaphore:
             attempt = 0
             while True:
+                self.check_server()
                 endpoint = self._pick()
                 endpoint.in_flight += 1
                 endpoint.sent += 1
@@ -147,6 +176,9 @@ class ChatClient:
                         model=self.config.model, messages=cast(Any, request.messages), extra_body=extra or None, **kwargs
                     )
                 except Exception as exc:
+                    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+                        endpoint.refusing_since = endpoint.refusing_since or time.monotonic()
+                        self.check_server()
                     if isinstance(exc, openai.OpenAIError) and _is_transient(exc) and attempt < self.config.max_retries:
                         attempt += 1
                         self.stats.retries += 1
@@ -157,6 +189,7 @@ class ChatClient:
                     raise RequestFailed(_describe(exc, endpoint.url)) from exc
                 finally:
                     endpoint.in_flight -= 1
+                endpoint.refusing_since = None
                 latency = time.perf_counter() - started
                 if not completion.choices:
                     raise RequestFailed(f"{endpoint.url}: response had no choices")
@@ -173,9 +206,17 @@ def _describe(exc: Exception, url: str) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return f"{url}: cannot connect ({exc.__cause__ or exc})"
     if isinstance(exc, openai.APIStatusError):
-        body = exc.response.text[:300] if exc.response is not None else ""
+        body = one_line(exc.response.text) if exc.response is not None else ""
         return f"{url}: HTTP {exc.status_code}: {body}"
     return f"{url}: {type(exc).__name__}: {exc}"
+
+
+def one_line(body: str, limit: int = ERROR_BODY_CHARS) -> str:
+    """An error body as one short line: an HTML error page becomes its text, whitespace collapsed."""
+    if re.search(r"<(html|body|head|title|h1|p)\b", body, re.IGNORECASE):
+        body = html.unescape(re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", body, flags=re.IGNORECASE | re.DOTALL))
+    text = " ".join(body.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def normalize_endpoint(url: str) -> str:

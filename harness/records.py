@@ -40,6 +40,8 @@ class ItemRecord(BaseModel):
     transcript: Transcript
     score: Score | None = None
     error: str | None = None
+    # Why the item was never sent (its prompt cannot fit the context): asking again cannot help.
+    not_asked: str | None = None
     flags: Flags = Field(default_factory=Flags)
     started_at: str
     finished_at: str
@@ -60,10 +62,17 @@ class ServerInfo(BaseModel):
     chat_template_sha256: str | None = None
     chat_template_source: str | None = None
     rendered_prompt_sha256: str | None = None  # token ids of a fixed probe conversation, hashed
+    # Fingerprints this server could not provide (no /version, no /tokenize, ...): the gate warns.
+    unverifiable: list[str] = Field(default_factory=list)
     parser_reason: str = ""
     max_model_len: int | None = None
     generation_config: dict[str, Any] = Field(default_factory=dict)
     start_seconds: float | None = None
+    # A launched server's processes, so a later bench can name one a dead bench left behind.
+    pid: int | None = None  # the vLLM API server
+    pgid: int | None = None  # its process group and session (every vLLM child is in it)
+    port: int | None = None
+    bench_pid: int | None = None  # the bench that launched it
 
 
 class PreflightCheck(BaseModel):
@@ -177,3 +186,6 @@ class Results(BaseModel):
     packs: dict[str, PackResult]
     health: HealthCounts = Field(default_factory=HealthCounts)
     confidence: float = 0.95
+    # What items.jsonl held when this was aggregated: readers refuse a run whose records changed since.
+    items_sha256: str | None = None  # sha256 of items.jsonl's complete lines
+    item_records: dict[str, int] | None = None  # pack -> records that counted (one per item and repeat)

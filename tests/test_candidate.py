@@ -304,7 +304,7 @@ def test_loop_runs_once_then_reuses_and_resumes(tmp_path: Path, scripted_model: 
     assert row.experts_kept == 4 and row.experts_total == 8 and row.precision == "fp8 (experts bf16)"
     assert row.size_bytes is not None and base_row.size_bytes is not None and row.size_bytes < 0.7 * base_row.size_bytes
     assert base_row.scores == {"smoke": 1.0} and row.scores == {"smoke": 1.0}  # the scripted model survives pruning
-    assert row.verdict == "Pass" and first.pareto == [row.label]
+    assert row.verdict == "Inconclusive" and first.pareto == [row.label]  # two items cannot check a 0.05 drop
     assert load_summary(out) == first
     html = (out / "report.html").read_text()
     assert row.label in html and "base" in html
@@ -328,4 +328,4 @@ def test_loop_runs_once_then_reuses_and_resumes(tmp_path: Path, scripted_model: 
     assert len((run_dir / "items.jsonl").read_text().splitlines()) == 2
     now = _server_logs(out)
     assert [name for name in now if now[name] != logs[name]] == [str((run_dir / "server.log").relative_to(out))]
-    assert third.rows[1].verdict == "Pass"
+    assert third.rows[1].verdict == "Inconclusive"

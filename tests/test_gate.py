@@ -24,6 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "baselines" / "default.yaml"
 STRICT_SPEC = REPO / "baselines" / "strict.yaml"
 N = 200
+# Allowances the N-item fixture runs have the power to check, for the packs those runs hold.
+POWERED = {"packs": {"toolcall": {"allowed_drop": 0.2}, "mmlu": {"metric": "pass_rate", "allowed_drop": 0.2}}}
+
+
+@pytest.fixture(scope="module")
+def powered_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("specs") / "powered.json"
+    path.write_text(json.dumps(POWERED), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +77,18 @@ def test_planted_toolcall_regression_fails_with_exit_1(runs: dict[str, Path], tm
     assert lines[0].startswith("FailToolcall: toolcall.score.drop:")
 
 
-def test_identical_candidate_passes_with_exit_0(runs: dict[str, Path]) -> None:
-    proc = bench("gate", runs["same"], "--baseline", runs["base"], "--spec", DEFAULT_SPEC)
+def test_identical_candidate_passes_with_exit_0(runs: dict[str, Path], powered_spec: Path) -> None:
+    proc = bench("gate", runs["same"], "--baseline", runs["base"], "--spec", powered_spec)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("Pass:")
+    assert proc.stdout.startswith("Pass: all 2 rules shown to hold")
     assert "WARNING" not in proc.stderr
+
+
+def test_identical_candidate_under_small_allowances_is_inconclusive_with_exit_3(runs: dict[str, Path]) -> None:
+    proc = bench("gate", runs["same"], "--baseline", runs["base"], "--spec", DEFAULT_SPEC)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("Inconclusive: no rule failed, but ") and "underpowered" in proc.stdout
+    assert "mmlu: 300 paired items in the pack (has 200)" in proc.stdout
 
 
 def test_leaked_markers_make_the_run_invalid_with_exit_2(runs: dict[str, Path]) -> None:
@@ -82,8 +98,8 @@ def test_leaked_markers_make_the_run_invalid_with_exit_2(runs: dict[str, Path]) 
     assert "leaked" in proc.stdout
 
 
-def test_chat_template_difference_is_warned_loudly(runs: dict[str, Path]) -> None:
-    proc = bench("gate", runs["template"], "--baseline", runs["base"], "--spec", DEFAULT_SPEC)
+def test_chat_template_difference_is_warned_loudly(runs: dict[str, Path], powered_spec: Path) -> None:
+    proc = bench("gate", runs["template"], "--baseline", runs["base"], "--spec", powered_spec)
     assert proc.returncode == 0
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1
@@ -172,7 +188,7 @@ def test_point_and_confident_decisions_differ_on_a_small_drop(runs: dict[str, Pa
     assert rule.value is not None and rule.value > 0.03  # measured drop past the allowance
     assert rule.high is not None and rule.high > -0.03  # but the interval reaches inside it
     assert point.verdict == "FailToolcall"
-    assert confident.verdict == "Pass"
+    assert confident.verdict == "Inconclusive" and not confident.failures  # no failure, but 0.03 is below what 200 items see
 
 
 def test_floor_rule(runs: dict[str, Path]) -> None:
@@ -188,8 +204,9 @@ def test_small_pack_is_underpowered_not_passed(tmp_path: Path) -> None:
     cand = write_run(tmp_path, "c", n_per_pack=20)
     spec = {"packs": {"toolcall": {"allowed_drop": 0.05}}}
     result = gate.evaluate(load_run(cand), load_run(base), parse_spec(spec))
-    assert result.verdict == "Pass"
+    assert result.verdict == "Inconclusive" and result.exit_code == 3
     assert result.rules[0].status == "underpowered"
+    assert result.rules[0].items_needed == 120 and result.needed == ["toolcall: 120 paired items in the pack (has 20)"]
     assert result.rules[0].comparison is not None and result.rules[0].comparison.min_detectable_drop == pytest.approx(6 / 20)
     assert "underpowered" in result.line
     strict = gate.evaluate(load_run(cand), load_run(base), parse_spec({**spec, "on_underpowered": "fail"}))

@@ -87,7 +87,8 @@ def test_run_scores_items_and_records_the_stack(smoke_run: Path) -> None:
     assert manifest.server.vllm_version and manifest.server.rendered_prompt_sha256
     assert manifest.options["serve"]["reasoning_parser"] == "auto" and manifest.options["evaluate"]["packs"] == "smoke"
     assert manifest.packs[0].sampling == {"temperature": 0.0, "max_tokens": 64, "thinking": True}
-    assert [c.ok for c in manifest.preflight] == [True] * 4
+    names = ["first_request", "plain_answer", "thinking_off", "tool_call", "streaming_parity", "fingerprints"]
+    assert [c.name for c in manifest.preflight] == names and all(c.ok for c in manifest.preflight)
     say = next(r for r in records if r.item_id == "say-1").transcript.exchanges[0].response
     assert say.reasoning and say.content and "<think>" not in say.content
     assert say.usage.completion_tokens > 0 and say.latency_s > 0
@@ -118,7 +119,7 @@ def test_resume_asks_only_unfinished_items(smoke_run: Path, scripted_server: str
     lines = (run / "items.jsonl").read_text().splitlines(keepends=True)
     kept, dropped = lines[:4], lines[4:]
     (run / "items.jsonl").write_text("".join(kept) + dropped[0][:50])
-    preflight_requests = 3  # plain, thinking off, tools
+    preflight_requests = 6  # plain, thinking off, tools; each streamed and not
     expected_requests = preflight_requests + sum(len(json.loads(line)["transcript"]["exchanges"]) for line in dropped)
 
     before = requests_served(scripted_server)
@@ -196,7 +197,7 @@ def test_failed_start_shows_log_and_command(scripted_model: Path, tmp_path: Path
     result = bench("run", "--model", str(broken), "--packs", "smoke", "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "Traceback (most recent call last)" not in result.stderr.split("--- last lines")[0]
     assert "vLLM exited with code" in result.stderr
-    assert "vllm.entrypoints.openai.api_server --model" in result.stderr
+    assert "vllm_serve.py serve " in result.stderr
     assert "--- last lines of" in result.stderr
 
 

@@ -22,7 +22,10 @@ def register(app: typer.Typer) -> None:
         json_path: Path | None = typer.Option(None, "--json", help="write the full gate result as JSON here"),
         baselines_dir: Path = typer.Option(USER_BASELINES_DIR, "--baselines-dir", help="your folder of named baselines"),
     ) -> None:
-        """Compare RUN with a baseline under a spec: exit 0 Pass, 1 Fail*, 2 Invalid or bad input."""
+        """Compare RUN with a baseline under a spec: exit 0 Pass, 1 Fail*, 2 Invalid or bad input, 3 Inconclusive.
+
+        Inconclusive: no rule failed but some could not be checked (too few items); the line says how many items each pack would need. A spec's on_underpowered: pass makes it exit 0, fail makes those rules fail.
+        """  # noqa: E501 - one paragraph, so the help text reflows
         from bench.compare import gate
         from bench.compare.baselines import resolve_run
         from bench.compare.rundata import load_run

@@ -107,6 +107,15 @@ def _print_results(outcome: object) -> None:
         table.add_row(name, str(pack.n), ci, f"{pack.pass_rate.mean:.2f}" if pack.pass_rate.mean is not None else "-",
                       subs, str(pack.health.truncated), str(pack.health.leaked_markers + pack.health.unclosed_think))
     console.print(table)
+    from rich.markup import escape
+
+    from bench.knowledge import collapse
+
+    for pack in results.packs.values():  # dead categories and below-chance scores, loud
+        found = collapse(pack, results.confidence)
+        for line in found.lines() if found else []:
+            style = "yellow" if "cannot tell" in line else "bold red"
+            console.print(f"[{style}]knowledge collapse:[/] {escape(line)}")
     if not results.valid:
         console.print(f"[bold red]run INVALID:[/] {'; '.join(results.invalid_reasons)}")
     print(f"results: {Path(outcome.run_dir) / 'results.json'}")
@@ -186,11 +195,17 @@ def register(app: typer.Typer) -> None:
                 "served_model_name": served_model_name, "serve": serve, "evaluate": evaluate,
                 "runs_dir": str(runs_dir), "run_id": run_id,
             }, RUN_FLAGS)
+        from bench.interrupts import exit_code, interrupt_on_signals
+        from bench.serve.leftovers import left_servers
+
+        for line in left_servers(resume.parent if resume is not None else Path(options.runs_dir)):
+            print(f"note: {line}", file=sys.stderr)
         started = time.monotonic()
         try:
-            outcome = execute(options, resume_dir=resume, echo=lambda line: print(line, file=sys.stderr))
-        except KeyboardInterrupt:
-            raise typer.Exit(code=130) from None  # finished items are on disk; the resume line was printed
+            with interrupt_on_signals():
+                outcome = execute(options, resume_dir=resume, echo=lambda line: print(line, file=sys.stderr))
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, at any phase
+            raise typer.Exit(code=exit_code(exc)) from None  # finished items are on disk; the resume line was printed
         print(f"asked {outcome.asked} items in {time.monotonic() - started:.0f} s", file=sys.stderr)
         _print_results(outcome)
         if report:
@@ -210,18 +225,26 @@ def register(app: typer.Typer) -> None:
         tool_call_parser: ToolParserOpt = _SERVE.tool_call_parser,
         vllm_arg: VllmArgOpt = None,
         startup_timeout: StartupOpt = _SERVE.startup_timeout_s,
-        log: Annotated[Path, typer.Option("--log", help="Server log file.")] = Path("vllm-server.log"),
+        log: Annotated[Path | None, typer.Option(
+            "--log", help="Server log file (default: server.log in a new folder under --runs-dir).")] = None,
+        runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that receives the server's folder.")] = Path(
+            _RUN.runs_dir),
     ) -> None:
         """Launch the checkpoint behind vLLM with the parsers bench would pick, and keep it up until Ctrl-C."""
         from bench.run.evaluation import launch_config
+        from bench.run.store import new_run_id
         from bench.serve.launch import serving
 
         serve = serve_options(vllm_python=vllm_python, port=port, max_model_len=max_model_len,
                               chat_template=chat_template, reasoning_parser=reasoning_parser,
                               tool_call_parser=tool_call_parser, vllm_arg=vllm_arg, startup_timeout=startup_timeout)
-        config, _ = launch_config(str(model), serve, served_model_name=served_model_name)
+        folder = runs_dir / f"serve-{new_run_id(model.name)}"
+        config, _ = launch_config(str(model), serve, served_model_name=served_model_name,
+                                  cache_root=(folder / "vllm-cache").resolve())
+        log = log or folder / "server.log"
         parsers = config.parsers
         print(f"parsers: {parsers.why}", file=sys.stderr)
+        print(f"server log: {log}", file=sys.stderr)
         with serving(config, log.resolve()) as server:
             print(f"serving {config.served_model_name} at {server.base_url}/v1 (ready in {server.start_seconds:.1f} s); Ctrl-C stops it")
             try:
@@ -262,6 +285,8 @@ def register(app: typer.Typer) -> None:
         outcome = rescore(run)
         print(f"rescored {outcome.rescored} items; {outcome.changed} changed score", file=sys.stderr)
         _print_results(outcome.outcome)
+        if not outcome.outcome.results.valid:
+            raise typer.Exit(code=3)  # as bench run: an invalid run is never a success
 
     @app.command("toy")
     def toy_cmd(

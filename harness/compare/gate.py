@@ -1,28 +1,33 @@
 """The gate: candidate versus baseline under a spec, to one verdict a CI job can act on.
 
-``Pass`` (exit 0), the first failing rule's ``Fail*`` verdict with every failing rule listed
-(exit 1), or ``Invalid`` (exit 2) when either run cannot be trusted: marked invalid (leaked
-markers, preflight failed), items missing, or the spec names what the runs do not hold.
-A rule whose allowance is smaller than the paired sample can detect is reported as
-``underpowered`` rather than as a pass the numbers cannot support.
+``Pass`` (exit 0) only when every rule was checked and held; ``Inconclusive`` (exit 3, or 0
+under ``on_underpowered: pass``) when no rule failed but some could not be checked, with the
+items each pack would need; the first failing rule's ``Fail*`` verdict with every failing rule
+listed (exit 1); or ``Invalid`` (exit 2) when either run cannot be trusted: marked invalid
+(leaked markers, preflight failed), items missing, or the spec names what the runs do not hold.
+A rule whose allowance is smaller than the paired sample can detect is ``underpowered``:
+reading it as a pass would claim what the numbers cannot support.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from scipy import stats as scipy_stats
 
-from bench import stats
+from bench import knowledge, stats
 from bench.compare.rundata import RunData
 from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
 from bench.errors import UserError
 from bench.records import Interval, Manifest, PackResult
 
-EXIT_PASS, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_INVALID, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+INCONCLUSIVE = "Inconclusive"
 # Float noise must not turn "dropped exactly the allowance" into a failure.
 _EPS = 1e-12
 
@@ -46,8 +51,8 @@ class RuleOutcome(BaseModel):
     pack: str
     subdimension: str | None
     measure: str  # "score", "pass_rate" or the subdimension's name
-    kind: Literal["floor", "drop"]
-    threshold: float
+    kind: Literal["floor", "drop", "collapse"]
+    threshold: float  # collapse: the pack's chance level
     decision: Decision
     verdict: str  # the Fail* name a failure of this rule maps to
     status: RuleStatus
@@ -58,6 +63,7 @@ class RuleOutcome(BaseModel):
     comparison: stats.PairedComparison | None = None
     baseline_repeat_spread: float | None = None
     candidate_repeat_spread: float | None = None
+    items_needed: int | None = None  # underpowered: paired items (collapse: items per category) to check it
     message: str
 
 
@@ -86,6 +92,8 @@ class GateResult(BaseModel):
     invalid_reasons: list[str]
     warnings: list[str]
     stack_differences: list[StackDifference]
+    needed: list[str] = []  # per pack: what it would take to check the rules that could not be
+    ungated: list[str] = []  # packs in the candidate run that no rule of the spec judged
 
     @property
     def failures(self) -> list[RuleOutcome]:
@@ -183,7 +191,7 @@ class _PlannedRule(BaseModel):
     pack: str
     subdimension: str | None
     measure: str
-    kind: Literal["floor", "drop"]
+    kind: Literal["floor", "drop", "collapse"]
     threshold: float
     decision: Decision
     verdict: str
@@ -207,13 +215,16 @@ def _plan(
         in_runs = list(candidate.results.packs) + [p for p in baseline.results.packs if p not in candidate.results.packs]
         listed += [(name, spec.defaults) for name in in_runs if name not in spec.packs]
     planned: list[_PlannedRule] = []
+    not_run: list[str] = []
     for pack, rules in listed:
         result = candidate.results.packs.get(pack)
         if result is None:
             # Absent from both runs: the spec covers more packs than were run, unless it insists.
-            if pack in baseline.results.packs or rules.required:
+            if pack in baseline.results.packs or rules.required or spec.strict:
                 options = list(candidate.results.packs)
                 invalid.append(f"pack {pack!r} is not in the candidate run{_did_you_mean(pack, options)}")
+            else:
+                not_run.append(pack)
             continue
         base_result = baseline.results.packs.get(pack)
         base_subs = list(base_result.subdimensions) if base_result else []
@@ -248,7 +259,27 @@ def _plan(
                             threshold=threshold, decision=decision, verdict=verdict,
                         )  # fmt: skip
                     )
+        if rules.dead_categories == "fail":
+            chance = result.extra.get(knowledge.CHANCE_KEY)
+            if chance is None:
+                if pack in spec.packs:  # under defaults:, the rule applies only where a pack declares chance
+                    warnings.append(f"{pack}: its results declare no chance level (written by an older bench?): "
+                                    "dead_categories not checked")
+                continue
+            planned.append(_PlannedRule(
+                pack=pack, subdimension=None, measure="dead_categories", kind="collapse", threshold=float(chance),
+                decision=rules.decision or spec.decision, verdict=spec.verdict_for(pack, rules),
+            ))  # fmt: skip
+    if not_run:
+        warnings.append(f"the spec has rules for packs not in either run, not checked: {', '.join(not_run)}")
     return planned
+
+
+def ungated_packs(spec: GateSpec, candidate: RunData) -> list[str]:
+    """Packs in the candidate run that neither a rule under ``packs:`` nor ``defaults:`` judges."""
+    if spec.defaults is not None:
+        return []
+    return [pack for pack in candidate.results.packs if pack not in spec.packs]
 
 
 def _rule_id(rule: _PlannedRule) -> str:
@@ -297,6 +328,51 @@ def _floor_outcome(rule: _PlannedRule, candidate: RunData, spec: GateSpec) -> Ru
     )  # fmt: skip
 
 
+def items_needed(differences: list[float], threshold: float, confidence: float, power: float) -> int | None:
+    """Fewest paired items at which the smallest detectable drop reaches ``threshold``.
+
+    The inverse of :func:`bench.stats.min_detectable_drop` at the observed spread of differences:
+    the exact test's resolution needs ``k_min / threshold`` items, the spread ``(z * sd / threshold)^2``.
+    More repeats narrow the spread only; the resolution needs more distinct items.
+    """
+    if threshold <= 0:
+        return None
+    alpha = 1.0 - confidence
+    z_sum = float(scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power))
+    sd = 0.0
+    if len(differences) > 1:
+        mean = sum(differences) / len(differences)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+    by_resolution = math.ceil(stats.min_changed_items(confidence) / threshold - 1e-9)
+    by_spread = math.ceil((z_sum * sd / threshold) ** 2 - 1e-9)
+    return max(by_resolution, by_spread, 1)
+
+
+def _collapse_outcome(rule: _PlannedRule, candidate: RunData, spec: GateSpec) -> RuleOutcome:
+    """Dead categories and below-chance scores fail; a zero on too few items cannot be told."""
+    found = knowledge.collapse(candidate.results.packs[rule.pack], spec.confidence)
+    if found is None:
+        return _outcome(
+            rule, status="invalid", counts_as_failure=False, value=None, low=None, high=None,
+            message=f"{rule.pack} declares no chance level: dead_categories cannot be judged for it",
+        )  # fmt: skip
+    if found.collapsed:
+        return _outcome(
+            rule, status="fail", counts_as_failure=True, value=None, low=None, high=None,
+            message="; ".join(line for line in found.lines() if "cannot tell" not in line),
+        )  # fmt: skip
+    if found.cannot_tell:
+        return _outcome(
+            rule, status="underpowered", counts_as_failure=spec.on_underpowered == "fail", value=None, low=None,
+            high=None, items_needed=found.min_items,
+            message=found.lines()[-1] + f"; underpowered: {found.min_items} items per category are needed to call one dead",
+        )  # fmt: skip
+    return _outcome(
+        rule, status="pass", counts_as_failure=False, value=None, low=None, high=None,
+        message=f"{rule.pack}: every category has a right answer and none lies below chance {found.chance:g}",
+    )  # fmt: skip
+
+
 def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spec: GateSpec) -> RuleOutcome:
     label = _measure_label(rule)
     cand_scores = candidate.folded(rule.pack, rule.measure)
@@ -310,7 +386,8 @@ def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spe
                    f"{len(comparison.candidate_only)} only in the candidate); underpowered: 0 paired items detect no drop")
         return _outcome(
             rule, status="underpowered", counts_as_failure=spec.on_underpowered == "fail", value=None,
-            low=None, high=None, comparison=comparison, message=message, **spreads,
+            low=None, high=None, comparison=comparison, message=message,
+            items_needed=items_needed([], rule.threshold, spec.confidence, spec.power), **spreads,
         )  # fmt: skip
     drop = 0.0 - comparison.difference  # not -x: a held score must not print as -0.000
     if rule.decision == "point":
@@ -331,9 +408,14 @@ def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spe
     if status == "underpowered":
         message += f"; underpowered: {comparison.n_paired} items detect drops of {mdd:.3f} or more"
     counts = failed or (status == "underpowered" and spec.on_underpowered == "fail")
+    needed = None
+    if status == "underpowered":
+        shared = sorted(set(base_scores.values) & set(cand_scores.values))
+        diffs = [cand_scores.values[i] - base_scores.values[i] for i in shared]
+        needed = items_needed(diffs, rule.threshold, spec.confidence, spec.power)
     return _outcome(
         rule, status=status, counts_as_failure=counts, value=drop, low=comparison.low, high=comparison.high,
-        comparison=comparison, message=message, **spreads,
+        comparison=comparison, message=message, items_needed=needed, **spreads,
     )  # fmt: skip
 
 
@@ -358,6 +440,9 @@ def evaluate(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source:
         if rule.kind == "floor":
             outcomes.append(_floor_outcome(rule, candidate, spec))
             continue
+        if rule.kind == "collapse":
+            outcomes.append(_collapse_outcome(rule, candidate, spec))
+            continue
         if rule.pack not in baseline.results.packs:
             warning = f"baseline {baseline.run_id} has no {rule.pack} results: drop rules for {rule.pack} not applied"
             if warning not in skipped:
@@ -374,32 +459,37 @@ def evaluate(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source:
         outcomes.append(outcome)
     invalid += [f"{o.id}: {o.message}" for o in outcomes if o.status == "invalid"]
 
+    ungated = ungated_packs(spec, candidate)
+    if ungated and spec.strict:
+        invalid.append(f"packs in the run with no rule in the strict spec: {', '.join(ungated)} (add rules or defaults:)")
+
     differences = stack_differences(baseline.manifest, candidate.manifest)
     warnings = [_difference_warning(diff) for diff in differences]
+    warnings += _fingerprint_warnings(baseline, "baseline") + _fingerprint_warnings(candidate, "candidate")
     warnings += plan_warnings + skipped + _unpaired_warnings(outcomes)
+    if ungated:
+        warnings.append(f"ungated: no rule of the spec judges {', '.join(ungated)} (add them under packs:, or add defaults:)")
+    collapse_ruled = {o.pack for o in outcomes if o.kind == "collapse"}
+    for pack, result in candidate.results.packs.items():
+        found = knowledge.collapse(result, spec.confidence)
+        if found is not None and pack not in collapse_ruled:
+            warnings += found.lines()
 
     failures = [o for o in outcomes if o.counts_as_failure]
     failing_verdicts = list(dict.fromkeys(o.verdict for o in failures))
-    pair = f"candidate {candidate.run_id} vs baseline {baseline.run_id}"
+    weak = [o for o in outcomes if o.status == "underpowered"]
     if invalid:
         verdict, exit_code = "Invalid", EXIT_INVALID
-        line = f"Invalid: {'; '.join(invalid)}"
     elif failures:
         verdict, exit_code = failures[0].verdict, EXIT_FAIL
-        line = f"{verdict}: {failures[0].id}: {failures[0].message}"
-        if len(failures) > 1:
-            line += "; also failing: " + ", ".join(_failure_tag(o) for o in failures[1:])
+    elif weak:
+        verdict, exit_code = INCONCLUSIVE, EXIT_PASS if spec.on_underpowered == "pass" else EXIT_INCONCLUSIVE
     else:
         verdict, exit_code = "Pass", EXIT_PASS
-        weak = [o for o in outcomes if o.status == "underpowered"]
-        held = len(outcomes) - len(weak)
-        line = f"Pass: {held} of {len(outcomes)} rules shown to hold, {pair}"
-        if weak:
-            line += f"; {len(weak)} underpowered (too few items to see the allowed drop): {', '.join(o.id for o in weak)}"
-    return GateResult(
+    gate_result = GateResult(
         verdict=verdict,
         exit_code=exit_code,
-        line=line,
+        line="",
         candidate=RunRef(run_id=candidate.run_id, path=str(candidate.path), model=candidate.manifest.model),
         baseline=RunRef(run_id=baseline.run_id, path=str(baseline.path), model=baseline.manifest.model),
         spec_source=spec_source,
@@ -411,7 +501,67 @@ def evaluate(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source:
         invalid_reasons=invalid,
         warnings=warnings,
         stack_differences=differences,
+        needed=_needed(outcomes),
+        ungated=ungated,
     )
+    gate_result.line = headline(gate_result, spec.on_underpowered)
+    return gate_result
+
+
+def _needed(outcomes: list[RuleOutcome]) -> list[str]:
+    """Per pack, what it would take to check every rule that could not be checked."""
+    by_pack: dict[str, list[RuleOutcome]] = {}
+    for outcome in outcomes:
+        if outcome.status == "underpowered" and outcome.items_needed is not None:
+            by_pack.setdefault(outcome.pack, []).append(outcome)
+    lines = []
+    for pack, weak in by_pack.items():
+        parts = []
+        for whole in (True, False):
+            drops = [o for o in weak if o.kind == "drop" and (o.subdimension is None) == whole]
+            if not drops:
+                continue
+            have = min((o.comparison.n_paired for o in drops if o.comparison), default=0)
+            most = max(o.items_needed or 0 for o in drops)
+            what = "the pack" if whole else f"each of {len(drops)} subdimensions"
+            parts.append(f"{most} paired items in {what} (has {have})")
+        parts += [f"{o.items_needed} items per category to tell a dead category" for o in weak if o.kind == "collapse"]
+        lines.append(f"{pack}: {'; '.join(parts)}")
+    return lines
+
+
+def headline(result: GateResult, on_underpowered: str = "inconclusive") -> str:
+    """The one line that states the verdict: printed, and the same words in Markdown, JUnit and HTML."""
+    pair = f"candidate {result.candidate.run_id} vs baseline {result.baseline.run_id}"
+    rules = result.rules
+    failures = result.failures
+    if result.verdict == "Invalid":
+        line = f"Invalid: {'; '.join(result.invalid_reasons)}"
+    elif failures:
+        line = f"{result.verdict}: {failures[0].id}: {failures[0].message}"
+        if len(failures) > 1:
+            line += "; also failing: " + ", ".join(_failure_tag(o) for o in failures[1:])
+    elif result.verdict == INCONCLUSIVE:
+        weak = result.underpowered
+        line = (f"Inconclusive: no rule failed, but {len(weak)} of {len(rules)} rules could not be checked "
+                f"(underpowered: too few items to see the allowed drop), {pair}")
+        if result.needed:
+            line += "; to check them: " + "; ".join(result.needed)
+        if on_underpowered == "pass":
+            line += " (counted as a pass: on_underpowered: pass)"
+    else:
+        line = f"Pass: all {len(rules)} rules shown to hold, {pair}"
+    if result.ungated and result.verdict != "Invalid":
+        line += f"; ungated (no rule, not judged): {', '.join(result.ungated)}"
+    return line
+
+
+def _fingerprint_warnings(run: RunData, label: str) -> list[str]:
+    missing = run.manifest.server.unverifiable
+    if not missing:
+        return []
+    return [f"{label} run {run.run_id} could not be fingerprinted ({', '.join(missing)}): "
+            "a server or chat template change between the runs would go unseen"]
 
 
 def _failure_tag(outcome: RuleOutcome) -> str:

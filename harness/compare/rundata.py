@@ -3,11 +3,15 @@
 The gate and the report need every item's score (to pair runs item by item) but only a few
 items' transcripts (the drill-down). Validating 10,000 full transcripts costs seconds, so items
 are read through a narrow view holding just the scored fields; full records are parsed only for
-the items a report shows. manifest.json and results.json go through the store's schema checks.
+the items a report shows. manifest.json and results.json go through the store's schema checks,
+and items.jsonl through the store's :func:`~bench.run.store.read_effective`, so a resumed item's
+stale error record never counts; a run whose records changed since results.json was written is
+refused with the fix.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +24,8 @@ from bench import stats
 from bench.errors import UserError
 from bench.pack import Score
 from bench.records import Flags, ItemRecord, Manifest, Results
-from bench.run.store import ITEMS, RESULTS, RunStore
+from bench.run.lock import live_owner
+from bench.run.store import ITEMS, RESULTS, EffectiveItems, RunStore, check_schema_version, read_effective
 
 # An item whose request failed counts as a zero, as in results.json (bench.run.aggregate).
 UNSCORED_VALUE = 0.0
@@ -31,6 +36,7 @@ class ScoredItem(BaseModel):
     """The fields of one items.jsonl line that scoring comparisons read."""
 
     model_config = ConfigDict(extra="ignore")
+    schema_version: int | None = None
     line: int = 0  # line number in items.jsonl, to fetch the full record later without a rescan
     pack: str
     item_id: str
@@ -109,15 +115,43 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
         yield lineno, line
 
 
+def _peek_version(line: str) -> object:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return data.get("schema_version") if isinstance(data, dict) else None
+
+
 def _parse_view(line: str, path: Path, lineno: int) -> ScoredItem:
+    where = f"{path}:{lineno}"
     try:
         view = ScoredItem.model_validate_json(line)
     except ValidationError as exc:
+        check_schema_version(_peek_version(line), where)  # a newer layout is named as such, not as a bad field
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(line)"
-        raise UserError(f"{path}:{lineno}: field {where}: {first['msg']}") from exc
+        field_name = ".".join(str(part) for part in first["loc"]) or "(line)"
+        raise UserError(f"{where}: field {field_name}: {first['msg']}") from exc
+    check_schema_version(view.schema_version, where)
     view.line = lineno
     return view
+
+
+def _check_complete(path: Path, results: Results, items: EffectiveItems[ScoredItem]) -> None:
+    """results.json must describe the items.jsonl beside it: a lost, added or edited record is refused."""
+    if results.items_sha256 is None:
+        return  # written before results recorded their items: nothing to compare with
+    recorded, now = results.item_records or {}, items.digest.per_pack
+    if recorded == now and results.items_sha256 == items.digest.sha256:
+        return
+    owner = live_owner(path)
+    if owner is not None:
+        raise UserError(f"{path} is being written by {owner.describe()}: wait for it to finish")
+    counts = [f"{pack} {recorded.get(pack, 0)} -> {now.get(pack, 0)}" for pack in sorted(set(recorded) | set(now))
+              if recorded.get(pack, 0) != now.get(pack, 0)]
+    what = f"records per pack changed ({', '.join(counts)})" if counts else "records changed"
+    raise UserError(f"{path / ITEMS} no longer matches {RESULTS}: {what} since it was aggregated; "
+                    f"run: bench rescore {path}")
 
 
 def load_run(path: Path, *, with_items: bool = True) -> RunData:
@@ -130,6 +164,8 @@ def load_run(path: Path, *, with_items: bool = True) -> RunData:
     run = RunData(path=path, manifest=store.read_manifest(), results=store.read_results())
     items_path = path / ITEMS
     if with_items and items_path.is_file():
-        run.items = [_parse_view(line, items_path, lineno) for lineno, line in _lines(items_path)]
+        items = read_effective(items_path, lambda line, lineno: _parse_view(line, items_path, lineno))
+        _check_complete(path, run.results, items)
+        run.items = items.records
         run.has_items = True
     return run

@@ -57,6 +57,11 @@ class PackRules(Thresholds):
     each_subdimension: Thresholds | None = Field(
         None, description="rules for every subdimension not listed under subdimensions"
     )
+    dead_categories: Literal["fail", "warn"] = Field(
+        "warn",
+        description="a category with no right answer, or a pack or category whose interval lies below "
+        "chance (packs that declare chance, e.g. mmlu): fail the gate with this pack's verdict, or warn",
+    )
 
 
 class GateSpec(BaseModel):
@@ -72,8 +77,15 @@ class GateSpec(BaseModel):
     )
     confidence: float = Field(0.95, ge=0.5, lt=1.0)
     power: float = Field(0.8, gt=0.0, lt=1.0, description="for the smallest detectable drop")
-    on_underpowered: Literal["warn", "fail"] = Field(
-        "warn", description="a rule whose allowance is below what n can detect: warn, or fail"
+    on_underpowered: Literal["inconclusive", "pass", "fail", "warn"] = Field(
+        "inconclusive",
+        description="a rule the sample is too small to check: verdict Inconclusive with exit 3 "
+        "(inconclusive; warn is the same), Inconclusive with exit 0 (pass), or the rule fails (fail)",
+    )
+    strict: bool = Field(
+        False,
+        description="a rule for a pack not in the run, or a pack in the run with no rule, makes the "
+        "verdict Invalid instead of a warning",
     )
     seed: int = Field(0, description="seed for bootstrap and permutation resampling")
     verdicts: dict[str, str] = Field(

@@ -14,6 +14,7 @@ checkpoint's ``pruning.json`` into the run directory, so the report reads nothin
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from markupsafe import Markup
 from pandas.io.formats.style import Styler
 
 from bench import __version__ as bench_version
-from bench import stats
+from bench import knowledge, stats
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
 from bench.compare.rundata import RunData, load_run
 from bench.errors import UserError
@@ -143,6 +144,10 @@ def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataF
                 row[column], css[column] = _fmt_delta(comparison, fallback)
             rows[(pack, label)] = row
             classes[(pack, label)] = css
+        moved = {label: movement(reference, run, pack) for run, label in zip(runs[1:], labels[1:], strict=True)}
+        if any(moved.values()):
+            rows[(pack, "answers")] = {label: "" for label in labels} | {f"Δ {label}": text for label, text in moved.items()}
+            classes[(pack, "answers")] = {f"Δ {label}": "unmoved" for label, text in moved.items() if text.startswith(NOTHING_MOVED)}
         spreads = [run.results.packs[pack].repeat_spread if pack in run.results.packs else None for run in runs]
         if any(spread is not None for spread in spreads):
             # How much repeats of one item disagreed: the noise a single run would have carried.
@@ -155,6 +160,73 @@ def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataF
     class_frame = pd.DataFrame.from_dict(classes, orient="index").reindex(index=list(rows))
     class_frame.index = frame.index
     return frame, class_frame
+
+
+NOTHING_MOVED = "nothing moved"
+
+
+def _answers(run: RunData) -> dict[tuple[str, str, int], str]:
+    """Every record's answers (content and tool calls of each turn), keyed by pack, item and repeat.
+
+    Read as plain JSON: a report over 10,000 items cannot afford to validate every transcript.
+    """
+    items = run.path / "items.jsonl"
+    if not (run.has_items and items.is_file()):
+        return {}
+    stat = items.stat()
+    key = (items, stat.st_mtime_ns, stat.st_size)
+    if key in _ANSWERS:
+        return _ANSWERS[key]
+    found: dict[tuple[str, str, int], str] = {}
+    for line in items.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line: the store skips it too
+        turns = [
+            (exchange["response"].get("content"), exchange["response"].get("tool_calls"))
+            for exchange in record.get("transcript", {}).get("exchanges", [])
+        ]
+        found[(record["pack"], record["item_id"], record.get("repeat", 0))] = json.dumps(turns, sort_keys=True)
+    if len(_ANSWERS) >= 16:
+        _ANSWERS.clear()
+    _ANSWERS[key] = found
+    return found
+
+
+_ANSWERS: dict[tuple[Path, int, int], dict[tuple[str, str, int], str]] = {}
+
+
+def movement(reference: RunData, other: RunData, pack: str) -> str:
+    """Whether anything moved between two runs of a pack: identical answers and scores on every
+    paired item means the pack's rules could not have told the models apart, which is not the
+    same as scores that merely agree (answers moved both ways and cancelled out)."""
+    ref_answers, answers = _answers(reference), _answers(other)
+    keys = sorted(key for key in ref_answers if key[0] == pack and key in answers)
+    if not keys:
+        return ""
+    differ = sum(ref_answers[key] != answers[key] for key in keys)
+    ref_scores, scores = reference.folded(pack, "score").values, other.folded(pack, "score").values
+    shared = set(ref_scores) & set(scores)
+    changed_scores = sum(ref_scores[item] != scores[item] for item in shared)
+    if not differ and not changed_scores:
+        return f"{NOTHING_MOVED}: identical answers and scores on all {len(keys)} records (the rules cannot discriminate)"
+    ref_mean = sum(ref_scores[i] for i in shared) / len(shared) if shared else None
+    mean = sum(scores[i] for i in shared) / len(shared) if shared else None
+    agree = ref_mean is not None and mean is not None and abs(ref_mean - mean) < 1e-12
+    lead = "scores agree, but " if agree else ""
+    return f"{lead}{differ} of {len(keys)} answers differ, {changed_scores} item scores changed"
+
+
+def collapse_notes(runs: Sequence[RunData], labels: Sequence[str]) -> list[str]:
+    """Dead categories and below-chance scores of every run, one line each."""
+    notes: list[str] = []
+    for run, label in zip(runs, labels, strict=True):
+        for result in run.results.packs.values():
+            found = knowledge.collapse(result, run.results.confidence)
+            if found is not None:
+                notes += [f"{label}: {line}" for line in found.lines()]
+    return notes
 
 
 def subdimension_frame(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
@@ -602,6 +674,7 @@ def render_report(
         stack_table=_styled(stack, "stack", stack_classes),
         differing=differing,
         pack_table=_styled(packs, "packs", pack_classes),
+        collapse_notes=collapse_notes(runs, labels),
         subdimension_charts=_subdimension_charts(long, labels),
         subdimension_table=_styled(subdims, "subdimensions") if not subdims.empty else None,
         breakdown_sections=breakdown_sections(runs, labels),

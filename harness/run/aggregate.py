@@ -141,8 +141,13 @@ def build_results(
         by_pack[record.pack].append(record)
     results = {name: pack_result(pack, by_pack.get(name, []), confidence, seed) for name, pack in packs.items()}
     health = _health(records)
-    scored = {name: sum(1 for r in by_pack.get(name, []) if r.error is None and r.score is not None) for name in packs}
-    missing = sum(max(0, expected.get(name, 0) - scored[name]) for name in packs)
+    # Unique (item, repeat) pairs, not lines: a record written twice must never stand in for a missing one.
+    scored = {name: len({(r.item_id, r.repeat) for r in by_pack.get(name, []) if r.error is None and r.score is not None})
+              for name in packs}
+    not_asked = {name: len({(r.item_id, r.repeat) for r in by_pack.get(name, []) if r.not_asked is not None})
+                 for name in packs}
+    missing = sum(max(0, expected.get(name, 0) - scored[name] - not_asked[name]) for name in packs)
+    unfit = sum(not_asked.values())
     reasons: list[str] = []
     if not preflight_ok:
         reasons.append("preflight failed")
@@ -152,6 +157,9 @@ def build_results(
         reasons.append(f"{health.unclosed_think} responses have an unclosed <think> block")
     if missing:
         reasons.append(f"{missing} items missing or failed (resume the run to ask them again)")
+    if unfit:
+        why = next(r.not_asked for r in records if r.not_asked is not None)
+        reasons.append(f"{unfit} items not asked: {why} (a new run with a larger --max-model-len asks them)")
     return Results(
         run_id=run_id,
         valid=not reasons,

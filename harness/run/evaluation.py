@@ -21,19 +21,34 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from bench import __version__, registry
-from bench.client import ChatClient, ClientConfig, normalize_endpoint, server_root
+from bench.client import ChatClient, ClientConfig, ServerCheck, ServerDown, normalize_endpoint, server_root
 from bench.errors import PreflightError, UserError
 from bench.pack import Pack, Sampling
 from bench.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
 from bench.run.aggregate import build_results
 from bench.run.checkpoint_facts import copy_checkpoint_facts
-from bench.run.options import EvalOptions, RunOptions, upgrade_options
+from bench.run.context_fit import mark_unfit
+from bench.run.options import EvalOptions, RunOptions, check_sampling, upgrade_options
 from bench.run.runner import PackPlan, RunPlan, run_plan
-from bench.run.store import RunStore, new_run_id
-from bench.serve.launch import LaunchConfig, check_checkpoint, resolve_vllm_python, serving, vllm_version
+from bench.run.store import RunStore, StoreWriteError, new_run_id
+from bench.serve.launch import (
+    LaunchConfig,
+    check_checkpoint,
+    check_vllm_importable,
+    resolve_vllm_python,
+    serving,
+    vllm_version,
+)
 from bench.serve.model_info import CheckpointInfo, ParserChoice, choose_parsers, read_checkpoint, sampling_defaults
 from bench.serve.options import AUTO_PARSER, NO_PARSER, ServeOptions
-from bench.serve.preflight import PreflightOptions, first_failure, rendered_prompt_sha256, run_preflight
+from bench.serve.preflight import (
+    PreflightOptions,
+    fingerprint_check,
+    first_failure,
+    rendered_prompt_sha256,
+    run_preflight,
+    unverifiable,
+)
 
 __all__ = ["RunOptions", "RunOutcome", "build_plan", "execute", "launch_config", "options_from_run", "pack_sampling"]
 
@@ -84,7 +99,9 @@ def build_plan(options: EvalOptions) -> RunPlan:
             items = limiter(items, options.limit, options.seed) if callable(limiter) else items[: options.limit]
         if not items:
             raise UserError(f"pack {name!r} has no items in tier {options.tier!r}")
-        plans[name] = PackPlan(pack=pack, items=items, sampling=pack_sampling(pack, options))
+        sampling = pack_sampling(pack, options)
+        check_sampling(name, sampling)
+        plans[name] = PackPlan(pack=pack, items=items, sampling=sampling)
     return RunPlan(packs=plans, repeats=options.repeats, seed=options.seed, concurrency=options.concurrency)
 
 
@@ -100,10 +117,10 @@ def _host() -> dict[str, Any]:
     }
 
 
-def _check_endpoint(url: str) -> list[str]:
+def _check_endpoint(url: str, timeout_s: float) -> list[str]:
     """Fail in one line when an endpoint is unreachable; return the model names it serves."""
     try:
-        response = httpx.get(f"{url}/models", timeout=10.0)
+        response = httpx.get(f"{url}/models", timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise UserError(f"cannot reach endpoint {url}: {type(exc).__name__} ({exc}); is the server running?") from exc
     if response.status_code != 200:
@@ -118,7 +135,7 @@ def _precheck(options: RunOptions) -> None:
     """Catch a bad model path or a dead endpoint before anything is created on disk."""
     if options.endpoints:
         for url in options.endpoints:
-            _check_endpoint(normalize_endpoint(url))
+            _check_endpoint(normalize_endpoint(url), options.evaluate.request_timeout_s)
     elif options.model:
         check_checkpoint(read_checkpoint(Path(options.model).expanduser().resolve()))
     else:
@@ -136,8 +153,10 @@ def launch_config(model: str | None, serve: ServeOptions, *, served_model_name: 
     template_path = Path(serve.chat_template).expanduser().resolve() if serve.chat_template else None
     if template_path is not None and not template_path.is_file():
         raise UserError(f"chat template {template_path} does not exist")
+    python = resolve_vllm_python(serve.python)
+    check_vllm_importable(python)
     resolved = serve.model_copy(update={
-        "python": resolve_vllm_python(serve.python),
+        "python": python,
         "chat_template": str(template_path) if template_path else None,
     })
     config = LaunchConfig(
@@ -151,13 +170,14 @@ def launch_config(model: str | None, serve: ServeOptions, *, served_model_name: 
 
 
 @contextlib.contextmanager
-def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
-    """Launch a server for --model, or check the given endpoints; yield how the model is served."""
+def _connect(options: RunOptions, store: RunStore) -> Iterator[tuple[ServerInfo, ServerCheck | None]]:
+    """Launch a server for --model, or check the given endpoints; yield how the model is served, and for a
+    launched server the check that says when it has died."""
     if options.endpoints:
         urls = [normalize_endpoint(u) for u in options.endpoints]
         served: list[str] = []
         for url in urls:
-            served = _check_endpoint(url)
+            served = _check_endpoint(url, options.evaluate.request_timeout_s)
         name = options.served_model_name or (served[0] if served else "")
         if not name:
             raise UserError(f"endpoint {urls[0]} serves no model")
@@ -169,7 +189,7 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             launched=False, endpoints=urls, served_model_name=name, vllm_version=vllm_version(server_root(urls[0])),
             reasoning_parser=parsers.reasoning_parser if serve.reasoning_parser != AUTO_PARSER else None,
             tool_call_parser=parsers.tool_call_parser if serve.tool_call_parser != AUTO_PARSER else None,
-        )
+        ), None
         return
     config, info = launch_config(options.model, options.serve, served_model_name=options.served_model_name,
                                  cache_root=store.root / "vllm-cache")
@@ -192,7 +212,8 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[ServerInfo]:
             generation_config=sampling_defaults(info),
             start_seconds=round(server.start_seconds, 2),
             parser_reason=parsers.why,
-        )
+            pid=server.server_pid(), pgid=server.pgid, port=server.port, bench_pid=os.getpid(),
+        ), server.exit_message
 
 
 def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInfo) -> Manifest:
@@ -227,34 +248,48 @@ def client_config(endpoints: list[str], model: str, options: EvalOptions) -> Cli
 def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
             echo: Any = print) -> RunOutcome:
     """Run (or resume) an evaluation and return where it went and what it found."""
-    _precheck(options)
     plan = build_plan(options.evaluate)
+    created_at: str | None = None
     if resume_dir is not None:
-        store = RunStore.open(resume_dir)
+        # The records are read and checked before anything is launched: a complete run needs no server.
+        store = RunStore.open(resume_dir, lock="bench run --resume")
+        store.check_versions()
         previous = store.read_manifest()
-        run_id = previous.run_id
+        run_id, created_at = previous.run_id, previous.created_at
         store.drop_torn_tail()
+        if not plan.todo(store.finished_keys()):
+            return _already_complete(store, plan, previous, echo)
+        _precheck(options)
     else:
+        _precheck(options)
         run_id = options.run_id or new_run_id(Path(options.model).name if options.model else "endpoint")
-        store = RunStore.create(Path(options.runs_dir), run_id)
+        store = RunStore.create(Path(options.runs_dir), run_id, lock="bench run")
+        _write_first_manifest(store, _manifest(run_id, options, plan, ServerInfo(launched=not options.endpoints)), options)
         copy_checkpoint_facts(options.model, store.root)  # the report reads the run directory only
     echo(f"run directory: {store.root}")
-    with _connect(options, store) as server:
-        if server.launched:
-            echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
-        manifest = _manifest(run_id, options, plan, server)
-        client = ChatClient(client_config(server.endpoints, server.served_model_name, options.evaluate))
-        try:
-            asked = asyncio.run(_checked_run(options, plan, client, store, manifest, show_progress, echo))
-        except KeyboardInterrupt:
-            manifest.status = "interrupted"
-            store.write_manifest(manifest)
-            _write_results(store, plan, manifest)
-            echo(f"interrupted: finished items are kept; resume with: bench run --resume {store.root}")
-            raise
+    manifest: Manifest | None = None
+    try:
+        mark_unfit(plan, None if options.endpoints else options.model, options.serve.max_model_len, echo)
+        with _connect(options, store) as (server, server_down):
+            if server.launched:
+                echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
+            manifest = _manifest(run_id, options, plan, server)
+            manifest.created_at = created_at or manifest.created_at
+            client = ChatClient(client_config(server.endpoints, server.served_model_name, options.evaluate),
+                                server_down=server_down)
+            try:
+                asked = asyncio.run(_checked_run(options, plan, client, store, manifest, show_progress, echo))
+            except StoreWriteError as exc:
+                _mark_interrupted(store, manifest)
+                raise StoreWriteError(f"{exc}; finished items are kept: free space, then bench run --resume {store.root}") from exc
+    except (KeyboardInterrupt, ServerDown) as exc:
+        _stop_interrupted(store, plan, manifest, exc, echo)
+        raise
+    assert manifest is not None
     results = _write_results(store, plan, manifest)
     manifest.status = "complete" if results.complete else "interrupted"
     store.write_manifest(manifest)
+    store.release()
     return RunOutcome(run_dir=str(store.root), results=results, asked=asked, preflight=manifest.preflight)
 
 
@@ -262,9 +297,12 @@ async def _checked_run(options: RunOptions, plan: RunPlan, client: ChatClient, s
                        manifest: Manifest, show_progress: bool | None, echo: Any) -> int:
     try:
         checks = await run_preflight(client, PreflightOptions(
-            reasoning_parser=manifest.server.reasoning_parser, tool_call_parser=manifest.server.tool_call_parser))
+            reasoning_parser=manifest.server.reasoning_parser, tool_call_parser=manifest.server.tool_call_parser,
+            launched=manifest.server.launched))
         manifest.preflight = checks
         manifest.server.rendered_prompt_sha256 = rendered_prompt_sha256(manifest.server.endpoints[0], manifest.server.served_model_name)
+        manifest.server.unverifiable = unverifiable(manifest.server)  # the gate warns about these
+        checks.append(fingerprint_check(manifest.server.unverifiable))
         for check in checks:
             evidence = f" ({check.evidence})" if check.evidence else ""
             echo(f"preflight {check.name}: {'ok' if check.ok else 'FAILED'} - {check.detail}{evidence}")
@@ -282,10 +320,57 @@ async def _checked_run(options: RunOptions, plan: RunPlan, client: ChatClient, s
 
 def _write_results(store: RunStore, plan: RunPlan, manifest: Manifest) -> Results:
     preflight_ok = bool(manifest.preflight) and first_failure(manifest.preflight) is None
-    results = build_results(manifest.run_id, {n: p.pack for n, p in plan.packs.items()}, store.read_items(),
+    items = store.read_effective()
+    results = build_results(manifest.run_id, {n: p.pack for n, p in plan.packs.items()}, items.records,
                             plan.expected(), preflight_ok=preflight_ok, seed=plan.seed)
-    store.write_results(results)
+    store.write_results(results, items.digest)
     return results
+
+
+def _write_first_manifest(store: RunStore, manifest: Manifest, options: RunOptions) -> None:
+    """The manifest goes first, before the server log and the launch: a failed start leaves a resumable run."""
+    try:
+        store.write_manifest(manifest)
+    except StoreWriteError as exc:
+        store.release()
+        raise StoreWriteError(f"{exc}; nothing was asked: free space, then run the same command with "
+                              f"--runs-dir {options.runs_dir} --run-id {manifest.run_id}") from exc
+
+
+def _stop_interrupted(store: RunStore, plan: RunPlan, manifest: Manifest | None,
+                      cause: KeyboardInterrupt | ServerDown, echo: Any) -> None:
+    """Ctrl-C, SIGTERM or a dead server, at any phase (startup included): finished items kept, the
+    manifest marked ``interrupted``, and the resume command said (in the error line for a dead server)."""
+    with contextlib.suppress(UserError):
+        manifest = manifest or store.read_manifest()  # still starting: the manifest on disk
+        _mark_interrupted(store, manifest)
+        _write_results(store, plan, manifest)
+    store.release()
+    resume = f"bench run --resume {store.root}"
+    if isinstance(cause, ServerDown):
+        cause.args = (f"{cause}; finished items are kept: resume with: {resume}",)
+    else:
+        echo(f"interrupted: finished items are kept; resume with: {resume}")
+
+
+def _mark_interrupted(store: RunStore, manifest: Manifest) -> None:
+    """Mark the manifest ``interrupted`` where the disk still takes it; the error being reported matters more."""
+    manifest.status = "interrupted"
+    with contextlib.suppress(StoreWriteError):
+        store.write_manifest(manifest)
+
+
+def _already_complete(store: RunStore, plan: RunPlan, manifest: Manifest, echo: Any) -> RunOutcome:
+    """A resume with nothing left to ask: no server; a finished run's files are left exactly as they are."""
+    current = store.read_effective().digest
+    results = store.read_results() if store.has_results() else None
+    if results is None or manifest.status != "complete" or results.items_sha256 not in (None, current.sha256):
+        results = _write_results(store, plan, manifest)
+        manifest.status = "complete"
+        store.write_manifest(manifest)
+    echo(f"run {manifest.run_id} is complete: every item is recorded, nothing to ask (no server started)")
+    store.release()
+    return RunOutcome(run_dir=str(store.root), results=results, asked=0, preflight=manifest.preflight)
 
 
 def options_from_run(run_dir: Path) -> RunOptions:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from bench.errors import UserError
 from bench.pack import Sampling, Tier
 from bench.serve.options import ServeOptions
 
@@ -86,6 +87,23 @@ class RunOptions(BaseModel):
     evaluate: EvalOptions = Field(default_factory=EvalOptions)
     runs_dir: str = Field(default="runs", description="folder that receives the run directory")
     run_id: str | None = Field(default=None, description="run directory name (default: model name and time)")
+
+
+def check_sampling(pack: str, sampling: Sampling) -> None:
+    """A pack's sampling as it will be sent, checked before any server starts (the server would
+    reject every request with HTTP 400 after a minute of loading)."""
+    problems = []
+    if sampling.temperature < 0:
+        problems.append(f"temperature {sampling.temperature} must be >= 0")
+    if sampling.max_tokens < 1:
+        problems.append(f"max_tokens {sampling.max_tokens} must be >= 1")
+    if sampling.top_p is not None and not 0 < sampling.top_p <= 1:
+        problems.append(f"top_p {sampling.top_p} must be in (0, 1]")
+    if sampling.top_k is not None and sampling.top_k == 0:
+        problems.append("top_k 0 is not allowed (-1 means no limit)")
+    if problems:
+        raise UserError(f"pack {pack!r} sampling: {'; '.join(problems)}: fix the pack's sampling or the "
+                        "--temperature/--max-tokens override")
 
 
 def field_default(model: type[BaseModel], name: str) -> Any:

@@ -25,7 +25,16 @@ class RescoreOutcome:
 
 
 def rescore(run_dir: Path) -> RescoreOutcome:
-    store = RunStore.open(run_dir)
+    """Re-score and re-aggregate under the run's writer lock; files of an unknown schema are refused untouched."""
+    store = RunStore.open(run_dir, lock="bench rescore")
+    try:
+        return _rescore(store, run_dir)
+    finally:
+        store.release()
+
+
+def _rescore(store: RunStore, run_dir: Path) -> RescoreOutcome:
+    store.check_versions()
     manifest = store.read_manifest()
     options = options_from_run(run_dir)
     plan = build_plan(options.evaluate)

@@ -2,7 +2,8 @@
 
 All packs run concurrently against the same endpoints; the client bounds the number of requests
 in flight. A finished item is on disk before the next one is counted, so a killed run resumes
-from items.jsonl without asking any finished item again.
+from items.jsonl without asking any finished item again. A dead server (:class:`ServerDown`) is
+not an item's error: it ends the run, and the items still in flight are asked again on resume.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.client import ChatClient, RequestFailed
+from bench.client import ChatClient, RequestFailed, ServerDown
 from bench.pack import Item, Pack, Sampling, Score
 from bench.records import ItemRecord
 from bench.run.options import EvalOptions, field_default
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript
 from bench.session import Session
+from bench.transcript import Transcript
 
 
 @dataclass
@@ -43,6 +45,8 @@ class RunPlan:
     repeats: int = field_default(EvalOptions, "repeats")
     seed: int = field_default(EvalOptions, "seed")
     concurrency: int = field_default(EvalOptions, "concurrency")
+    # (pack, item id) -> why it is not asked: its prompt cannot fit the server's context
+    unfit: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def expected(self) -> dict[str, int]:
         return {name: len(plan.items) * self.repeats for name, plan in self.packs.items()}
@@ -62,8 +66,8 @@ class RunPlan:
 
 @dataclass
 class RunCounters:
-    asked: int = 0
-    errors: int = 0
+    asked: int = 0  # items answered (their record has no request error)
+    errors: int = 0  # items whose request failed for good (resumable)
     per_pack: dict[str, int] = field(default_factory=dict)
 
 
@@ -79,6 +83,14 @@ def score_safely(pack: Pack, item: Item, record_transcript: Any) -> Score:
         return Score(value=0.0, passed=False, status="error", reason=f"scorer raised {type(exc).__name__}: {exc}")
 
 
+def unasked_record(plan: PackPlan, item: Item, repeat: int, seed: int, why: str) -> ItemRecord:
+    """The record of an item that is not sent at all (its prompt cannot fit), saying why."""
+    now = _now()
+    return ItemRecord(pack=plan.pack.name, pack_version=plan.pack.version, item_id=item.id, repeat=repeat,
+                      seed=seed + repeat, transcript=Transcript(), not_asked=why,
+                      started_at=now, finished_at=now, elapsed_s=0.0)
+
+
 async def ask_item(plan: PackPlan, item: Item, repeat: int, seed: int, client: ChatClient) -> ItemRecord:
     """Run one item through its pack and score it; request failures become the record's error."""
     session = Session(client.chat, plan.sampling.model_copy(update={"seed": seed + repeat}))
@@ -88,6 +100,8 @@ async def ask_item(plan: PackPlan, item: Item, repeat: int, seed: int, client: C
         await plan.pack.run_item(item, session)
     except RequestFailed as exc:
         error = str(exc)
+    except ServerDown:
+        raise
     except Exception as exc:  # a pack's run_item bug is this item's error, not the run's end
         error = f"pack {plan.pack.name} run_item raised {type(exc).__name__}: {exc}"
     transcript = session.transcript
@@ -139,12 +153,16 @@ async def run_plan(
     gate = asyncio.Semaphore(plan.concurrency)
 
     async def one(pack_plan: PackPlan, item: Item, repeat: int) -> None:
-        async with gate:
-            record = await ask_item(pack_plan, item, repeat, plan.seed, client)
+        unfit = plan.unfit.get((pack_plan.pack.name, item.id))
+        if unfit is not None:
+            record = unasked_record(pack_plan, item, repeat, plan.seed, unfit)
+        else:
+            async with gate:
+                record = await ask_item(pack_plan, item, repeat, plan.seed, client)
         # Schema validation costs milliseconds: do it off the loop; the write itself stays on it,
         # so lines never interleave.
         store.append_line(await asyncio.to_thread(store.encode_item, record))
-        counters.asked += 1
+        counters.asked += int(record.error is None and record.not_asked is None)
         counters.errors += int(record.error is not None)
         counters.per_pack[record.pack] = counters.per_pack.get(record.pack, 0) + 1
         if progress is not None:
@@ -152,8 +170,15 @@ async def run_plan(
         if on_record is not None:
             on_record(record)
 
+    tasks_in_flight = [asyncio.ensure_future(one(p, i, r)) for p, i, r in todo]
     try:
-        await asyncio.gather(*(one(p, i, r) for p, i, r in todo))
+        await asyncio.gather(*tasks_in_flight)
+    except BaseException:
+        # One failure ends the run (a dead server): nothing else is sent, finished records stay.
+        for task in tasks_in_flight:
+            task.cancel()
+        await asyncio.gather(*tasks_in_flight, return_exceptions=True)
+        raise
     finally:
         if progress is not None:
             progress.stop()

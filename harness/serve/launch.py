@@ -1,8 +1,10 @@
 """Launch a checkpoint behind vLLM's OpenAI-compatible server, wait until it answers, tear it down.
 
-vLLM runs from its own interpreter (``--vllm-python`` / ``BENCH_VLLM_PYTHON``) so its pins never
-fight the harness's. The server gets its own process group, and is always stopped by signalling
-that group, also on Ctrl-C, so no engine worker outlives the run.
+vLLM runs from its own interpreter (``--vllm-python`` / ``BENCH_VLLM_PYTHON``, else the checkout's
+``.vllm-venv``) so its pins never fight the harness's, and is started through vLLM's supported
+``vllm serve`` CLI (``vllm_serve.py``). The server runs in its own session under ``watchdog.py``,
+which ends the whole process group when bench goes, even by SIGKILL, or when the server exits, so
+no engine process (vLLM renames them ``VLLM::EngineCore``) outlives the run.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ from pathlib import Path
 import httpx
 
 from bench.errors import ServerError, UserError
+from bench.interrupts import interrupt_on_signals
 from bench.serve.model_info import CheckpointInfo, ParserChoice
 from bench.serve.options import ServeOptions
 
 LOG_TAIL_LINES = 25
+EXIT_TAIL_LINES = 3  # log lines quoted in the one line that says the server died
+HERE = Path(__file__).resolve().parent
+VLLM_SERVE = HERE / "vllm_serve.py"
+WATCHDOG = HERE / "watchdog.py"
+CHECKOUT_VLLM_PYTHON = HERE.parents[1] / ".vllm-venv" / "bin" / "python"  # made by `make setup`
 
 
 @dataclass
@@ -62,14 +70,53 @@ class RunningServer:
     start_seconds: float = 0.0
     env_overrides: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def pgid(self) -> int:
+        """The server's process group (and session): the watchdog leads it."""
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def server_pid(self) -> int | None:
+        """The vLLM API server's own PID (the watchdog's child), while it runs."""
+        try:
+            children = Path(f"/proc/{self.pgid}/task/{self.pgid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def exit_message(self) -> str | None:
+        """None while the server runs; once it has exited, the one line that says so."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        how = f"was killed by signal {code - 128}" if code > 128 else f"exited with code {code}"
+        last = " | ".join(line.strip() for line in tail(self.log_path, EXIT_TAIL_LINES).splitlines() if line.strip())
+        return f"the vLLM server {how}; last log lines: {last or '(none)'}"
+
 
 def resolve_vllm_python(option: str | None) -> str:
-    """The interpreter vLLM is importable from: flag, then BENCH_VLLM_PYTHON, then this one."""
-    candidate = option or os.environ.get("BENCH_VLLM_PYTHON") or sys.executable
+    """The interpreter vLLM runs from: flag, then BENCH_VLLM_PYTHON, then the checkout's .vllm-venv
+    (``make setup`` makes it), then this one."""
+    fallback = str(CHECKOUT_VLLM_PYTHON) if CHECKOUT_VLLM_PYTHON.exists() else sys.executable
+    candidate = option or os.environ.get("BENCH_VLLM_PYTHON") or fallback
     path = Path(candidate)
     if not path.exists():
         raise UserError(f"vLLM interpreter {candidate} does not exist: pass --vllm-python PATH or set BENCH_VLLM_PYTHON")
     return str(path)
+
+
+def check_vllm_importable(python: str) -> None:
+    """One line before launch, instead of a server log after it, when vLLM is not installed there."""
+    probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm.entrypoints.cli.main') else 3)"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        found = False
+    if not found:
+        raise UserError(f"vLLM is not importable from {python}: pass --vllm-python, or run make setup")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,8 +140,7 @@ def ensure_port_free(host: str, port: int) -> None:
 def build_command(config: LaunchConfig, port: int) -> list[str]:
     """The exact vLLM command line (also recorded in the manifest and shown on failure)."""
     command = [
-        config.python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(config.model),
+        config.python, str(VLLM_SERVE), "serve", str(config.model),
         "--served-model-name", config.served_model_name,
         "--host", config.host,
         "--port", str(port),
@@ -149,8 +195,8 @@ def launch(config: LaunchConfig, log_path: Path) -> RunningServer:
     log_file.flush()
     started = time.monotonic()
     process = subprocess.Popen(
-        command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, start_new_session=True,
+        [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), "--", *command],
+        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
     log_file.close()
     server = RunningServer(process, command, f"http://{config.host}:{port}", log_path, env_overrides=overrides)
@@ -178,7 +224,8 @@ def wait_ready(server: RunningServer, model_name: str, timeout_s: float) -> None
         while True:
             code = server.process.poll()
             if code is not None:
-                raise _failure(server, f"vLLM exited with code {code} before it was ready")
+                how = f"was killed by signal {code - 128}" if code > 128 else f"exited with code {code}"
+                raise _failure(server, f"vLLM {how} before it was ready")
             if time.monotonic() > deadline:
                 raise _failure(server, f"vLLM was not ready after {timeout_s:.0f} s")
             try:
@@ -193,8 +240,9 @@ def wait_ready(server: RunningServer, model_name: str, timeout_s: float) -> None
             time.sleep(0.5)
 
 
-def stop(server: RunningServer, grace_s: float = 15.0) -> None:
-    """Stop the whole process group: SIGTERM, then SIGKILL after a grace period."""
+def stop(server: RunningServer, grace_s: float = 20.0) -> None:
+    """Stop the whole process group: SIGTERM, then SIGKILL after a grace period (longer than the
+    watchdog's own, so a clean vLLM shutdown is not cut short)."""
     process = server.process
     if process.poll() is not None:
         return
@@ -214,20 +262,12 @@ def stop(server: RunningServer, grace_s: float = 15.0) -> None:
 @contextlib.contextmanager
 def serving(config: LaunchConfig, log_path: Path) -> Iterator[RunningServer]:
     """Launch, yield, and always stop, Ctrl-C and SIGTERM included (also while still starting)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_term)
-    try:
+    with interrupt_on_signals():
         server = launch(config, log_path)  # stops the server itself if interrupted while waiting
         try:
             yield server
         finally:
             stop(server)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def vllm_version(base_url: str) -> str | None:

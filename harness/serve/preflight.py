@@ -3,6 +3,11 @@
 ``/health`` 200 is not proof: an engine can start and die at the first request, a missing
 reasoning parser leaves ``<think>`` in every answer, a missing tool parser leaves
 ``<tool_call>`` text in content. Each probe here turns one such failure into one line with the fix.
+
+Probes go both streamed and not, since servers parse the two on different code paths. A model
+that answers a tool request in prose is asked again with the tool forced, which tells a model's
+choice from a server that drops ``tools``. What a server cannot show (no ``/version``, no
+``/tokenize``) is named, so a gate over its runs knows what it could not compare.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from dataclasses import dataclass
 import httpx
 
 from bench.client import ChatClient, RequestFailed, server_root
-from bench.records import PreflightCheck
+from bench.records import PreflightCheck, ServerInfo
 from bench.serve.health import LEAK_PATTERN
+from bench.serve.streaming import stream_chat
 from bench.transcript import Request, Response
 
 PLAIN_PROMPT = "What is the capital of France? Answer in one short sentence."
@@ -36,6 +42,10 @@ PROBE_TOOL = {
 PROBE_MAX_TOKENS = 1024
 
 
+FORCED_TOOL_CHOICE: dict[str, object] = {"type": "function", "function": {"name": "get_weather"}}
+NOT_VERIFIABLE = "not verifiable on this server"
+
+
 @dataclass(frozen=True)
 class PreflightOptions:
     reasoning_parser: str | None
@@ -43,14 +53,23 @@ class PreflightOptions:
     check_tools: bool = True
     suggested_reasoning_parser: str = "qwen3"
     suggested_tool_parser: str = "hermes"
+    launched: bool = False  # bench started the server: its failures can be blamed on the checkpoint
+    check_streaming: bool = True
+    max_tokens: int = PROBE_MAX_TOKENS
 
 
-def _request(prompt: str, *, thinking: bool = True, tools: bool = False) -> Request:
+def _request(prompt: str, *, thinking: bool = True, tools: bool = False, max_tokens: int = PROBE_MAX_TOKENS) -> Request:
     return Request(
         messages=[{"role": "user", "content": prompt}],
         tools=[PROBE_TOOL] if tools else None,
-        sampling={"temperature": 0.0, "max_tokens": PROBE_MAX_TOKENS, "thinking": thinking},
+        sampling={"temperature": 0.0, "max_tokens": max_tokens, "thinking": thinking},
     )
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """The first non-blank line of an error, cut: servers other than vLLM answer with HTML or tracebacks."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line[:limit] + ("..." if len(line) > limit else "")
 
 
 def _shown(text: str | None, limit: int = 80) -> str:
@@ -111,6 +130,10 @@ def check_tools(reply: Response, options: PreflightOptions) -> PreflightCheck:
         return PreflightCheck(name="tool_call", ok=False,
                               detail="tool call left as text in content (parser failure)", evidence=f"content={_shown(content)}",
                               fix=f"launch with --enable-auto-tool-choice --tool-call-parser {options.suggested_tool_parser}")
+    if not content.strip():
+        return PreflightCheck(name="tool_call", ok=False, detail="reply to a tool request has neither a tool call nor content",
+                              evidence=f"finish_reason={reply.finish_reason}",
+                              fix="the tool-call parser swallowed the reply: pick the --tool-call-parser that matches this model's format")
     return PreflightCheck(name="tool_call", ok=True,
                           detail=f"model answered without calling the tool (a model choice, not a parser failure): {_shown(content)}")
 
@@ -118,47 +141,171 @@ def check_tools(reply: Response, options: PreflightOptions) -> PreflightCheck:
 async def run_preflight(client: ChatClient, options: PreflightOptions) -> list[PreflightCheck]:
     """Run every probe; the first request doubles as the warm-up that proves the engine computes."""
     checks: list[PreflightCheck] = []
+    plain_request = _request(PLAIN_PROMPT, max_tokens=options.max_tokens)
     try:
-        plain = await client.chat(_request(PLAIN_PROMPT))
+        plain = await client.chat(plain_request)
     except RequestFailed as exc:
-        checks.append(PreflightCheck(name="first_request", ok=False, detail=str(exc),
-                                     fix="the server is up but failed its first request: read the server log "
-                                         "(unsupported head_dim or dtype on this device is a common cause)"))
+        fix = ("the server is up but failed its first request: read the server log "
+               "(unsupported head_dim or dtype on this device is a common cause)") if options.launched else (
+               "the server failed its first request: read its log, and check --served-model-name")
+        checks.append(PreflightCheck(name="first_request", ok=False, detail=one_line(str(exc)), fix=fix))
         return checks
     checks.append(PreflightCheck(name="first_request", ok=True, detail=f"{plain.latency_s:.2f} s"))
     checks.append(check_plain(plain, options))
+    pairs: list[tuple[str, Request, Response]] = [("plain", plain_request, plain)]
+    off_request = _request(PLAIN_PROMPT, thinking=False, max_tokens=options.max_tokens)
     try:
-        checks.append(check_no_thinking(await client.chat(_request(PLAIN_PROMPT, thinking=False))))
+        off = await client.chat(off_request)
+        checks.append(check_no_thinking(off))
+        pairs.append(("thinking-off", off_request, off))
     except RequestFailed as exc:
-        checks.append(PreflightCheck(name="thinking_off", ok=False, detail=str(exc), fix="read the server log"))
+        checks.append(PreflightCheck(name="thinking_off", ok=False, detail=one_line(str(exc)), fix="read the server log"))
     if options.check_tools:
-        checks.append(await _probe_tools(client, options))
+        tool_check, tool_pair = await _probe_tools(client, options)
+        checks.append(tool_check)
+        if tool_pair is not None:
+            pairs.append(tool_pair)
+    if options.check_streaming:
+        checks.append(await _streaming_parity(client, pairs))
     return checks
 
 
-async def _probe_tools(client: ChatClient, options: PreflightOptions) -> PreflightCheck:
+def _calls(reply: Response) -> list[tuple[str, object]]:
+    """Tool calls as (name, parsed arguments): ids and JSON spacing may differ between the paths."""
+    parsed: list[tuple[str, object]] = []
+    for call in reply.tool_calls:
+        try:
+            arguments: object = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = call.arguments
+        parsed.append((call.name, arguments))
+    return parsed
+
+
+def parity_difference(plain: Response, streamed: Response) -> str | None:
+    """The first parsed field (content, reasoning, tool_calls) that differs, with both values."""
+    for field, left, right in (
+        ("content", (plain.content or "").strip(), (streamed.content or "").strip()),
+        ("reasoning", (plain.reasoning or "").strip(), (streamed.reasoning or "").strip()),
+        ("tool_calls", _calls(plain), _calls(streamed)),
+    ):
+        if left != right:
+            return f"{field}: non-streamed {_shown(str(left) if left else None)} vs streamed {_shown(str(right) if right else None)}"
+    return None
+
+
+def _text(reply: Response) -> str:
+    """Reasoning and content joined, whitespace dropped: the same generation however it was split."""
+    return "".join(((reply.reasoning or "") + (reply.content or "")).split())
+
+
+async def _streaming_parity(client: ChatClient, pairs: list[tuple[str, Request, Response]]) -> PreflightCheck:
+    """Send each probe again streamed; fail naming the probe and the field that differs."""
+    endpoint, model, timeout = client.config.endpoints[0], client.config.model, client.config.timeout_s
+    for probe, request, reply in pairs:
+        try:
+            streamed = await stream_chat(endpoint, model, request, timeout)
+        except RequestFailed as exc:
+            return PreflightCheck(name="streaming_parity", ok=False, detail=f"streamed {probe} probe failed: {one_line(str(exc))}",
+                                  fix="the server fails streamed requests that it answers unstreamed: read its log")
+        difference = parity_difference(reply, streamed)
+        if difference is not None and not reply.tool_calls and not streamed.tool_calls and _text(reply) != _text(streamed):
+            # Different words, not the same words parsed differently: decoding was not reproducible.
+            return PreflightCheck(name="streaming_parity", ok=True,
+                                  detail=f"{NOT_VERIFIABLE}: streaming parity (the {probe} probe generated different "
+                                         f"text streamed and not, so parsing cannot be compared: {difference})")
+        if difference is not None:
+            return PreflightCheck(
+                name="streaming_parity", ok=False, detail=f"streamed and non-streamed replies differ on the {probe} probe in {difference}",
+                fix="the server parses streamed replies differently (reasoning or tool-call parser): clients that stream "
+                    "will see other answers than bench scores; check the parsers or pin a vLLM version without the bug",
+            )  # fmt: skip
+    probes = ", ".join(probe for probe, _, _ in pairs)
+    return PreflightCheck(name="streaming_parity", ok=True, detail=f"streamed = non-streamed content, reasoning and tool calls ({probes})")
+
+
+async def _probe_tools(client: ChatClient, options: PreflightOptions) -> tuple[PreflightCheck, tuple[str, Request, Response] | None]:
     """Ask with tools. A server without a tool parser refuses ``tool_choice=auto``; then ask again
-    with ``tool_choice=none`` to show what the model emits, so the report names the parser failure."""
+    with ``tool_choice=none`` to show what the model emits, so the report names the parser failure.
+    A reply in prose is followed by a request that forces the tool: a call then proves the model
+    chose not to call; none proves the server ignores tools."""
+    request = _request(TOOL_PROMPT, tools=True, max_tokens=options.max_tokens)
     try:
-        return check_tools(await client.chat(_request(TOOL_PROMPT, tools=True)), options)
+        reply = await client.chat(request)
     except RequestFailed as exc:
-        refused = str(exc)
+        refused = one_line(str(exc))
+    else:
+        check = check_tools(reply, options)
+        if check.ok and not reply.tool_calls:
+            check = await _forced_tool_call(client, options, reply)
+        return check, ("tool", request, reply)
     if "tool choice requires" not in refused and "enable-auto-tool-choice" not in refused:
         return PreflightCheck(name="tool_call", ok=False, detail="request with tools failed", evidence=refused,
-                              fix="read the server log")
+                              fix="read the server log"), None
     fix = f"launch with --enable-auto-tool-choice --tool-call-parser {options.suggested_tool_parser}"
-    request = _request(TOOL_PROMPT, tools=True)
     request.tool_choice = "none"
     try:
         reply = await client.chat(request)
     except RequestFailed:
         return PreflightCheck(name="tool_call", ok=False, detail="server refuses requests with tools (no tool-call parser)",
-                              evidence=refused, fix=fix)
+                              evidence=refused, fix=fix), None
     check = check_tools(reply, options)
     if check.ok:  # the model answered in prose: the server still cannot take tool requests
         return PreflightCheck(name="tool_call", ok=False, detail="server refuses requests with tools (no tool-call parser)",
-                              evidence=refused, fix=fix)
-    return check
+                              evidence=refused, fix=fix), None
+    return check, None
+
+
+async def _forced_tool_call(client: ChatClient, options: PreflightOptions, auto: Response) -> PreflightCheck:
+    """Force the probe tool (by name, else ``required``) to tell a model's choice from a server that drops tools."""
+    forced: Response | None = None
+    errors: list[str] = []
+    for choice in (FORCED_TOOL_CHOICE, "required"):
+        request = _request(TOOL_PROMPT, tools=True, max_tokens=options.max_tokens)
+        request.tool_choice = choice
+        try:
+            forced = await client.chat(request)
+            break
+        except RequestFailed as exc:
+            errors.append(one_line(str(exc)))
+    if forced is None:
+        return PreflightCheck(name="tool_call", ok=True,
+                              detail=f"model answered without calling the tool: {_shown(auto.content)}; "
+                                     f"{NOT_VERIFIABLE}: whether it honours tools (a forced tool_choice was refused)",
+                              evidence="; ".join(errors))
+    if forced.tool_calls:
+        call = forced.tool_calls[0]
+        return PreflightCheck(name="tool_call", ok=True,
+                              detail=f"model answered without calling the tool under tool_choice=auto (a model choice: "
+                                     f"forcing the tool gave {call.name}({call.arguments}))")
+    return PreflightCheck(
+        name="tool_call", ok=False,
+        detail="the server ignores tools: a request forcing get_weather (tool_choice) came back without a tool call",
+        evidence=f"content={_shown(forced.content)}",
+        fix="serve the model with tool calling enabled (vLLM: --enable-auto-tool-choice --tool-call-parser "
+            f"{options.suggested_tool_parser}); tool-calling scores from this server would measure nothing",
+    )  # fmt: skip
+
+
+def unverifiable(server: ServerInfo) -> list[str]:
+    """The fingerprints a gate compares that this server could not provide, each with why."""
+    missing: list[str] = []
+    if server.vllm_version is None:
+        missing.append("server version (no /version)")
+    if server.rendered_prompt_sha256 is None:
+        missing.append("rendered-prompt hash (no /tokenize)")
+        if server.chat_template_sha256 is None:
+            missing.append("chat template hash (the server does not expose its template)")
+    if not server.launched and not (server.reasoning_parser and server.tool_call_parser):
+        missing.append("parsers (an endpoint does not report them: pass --reasoning-parser and --tool-call-parser)")
+    return missing
+
+
+def fingerprint_check(missing: list[str]) -> PreflightCheck:
+    """A preflight line naming what could not be verified; it does not fail the run."""
+    if not missing:
+        return PreflightCheck(name="fingerprints", ok=True, detail="server version, chat template and parsers recorded")
+    return PreflightCheck(name="fingerprints", ok=True, detail=f"{NOT_VERIFIABLE}: {'; '.join(missing)}")
 
 
 def first_failure(checks: list[PreflightCheck]) -> PreflightCheck | None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bench.knowledge import BREAKDOWN_KEY, CHANCE_KEY, min_items_dead
 from bench.pack import Score, unscorable
 from bench.packs.mmlu.subjects import CATEGORIES, CATEGORY_OF
 from bench.transcript import Transcript
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from bench.records import ItemRecord
 
 LETTERS = "ABCD"
+CHANCE = 1 / len(LETTERS)  # the pass rate of guessing
+DEAD_CONFIDENCE = 0.95  # for the pack's own dead_categories; the gate recomputes at its spec's confidence
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _MARKDOWN = re.compile(r"[*_`]+")
@@ -156,10 +159,12 @@ def judge(data: Mapping[str, Any], transcript: Transcript) -> Score:
 def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
     """Macro accuracy over subjects, unparseable and unjudged counts, and dead categories.
 
-    A category is dead when it has judged items and not one right answer: the signature of a
-    pruned model that lost a whole field. Records of failed requests are left out, as in the
-    score; replies that could not be judged (truncated, empty) count as wrong and are also
-    reported as ``not_scored``.
+    A category is dead when not one of its judged items was right and there were enough of them
+    (``min_items_dead``) for 0/n to exclude guessing: the signature of a pruned model that lost a
+    whole field. With fewer items it is listed under ``cannot_tell_categories`` instead. ``chance``
+    and ``collapse_breakdown`` let the gate and report judge collapse at their own confidence.
+    Records of failed requests are left out, as in the score; replies that could not be judged
+    (truncated, empty) count as wrong and are also reported as ``not_scored``.
     """
     by_subject: dict[str, list[float]] = {}
     unparseable = not_scored = 0
@@ -176,6 +181,7 @@ def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
         elif score.details.get("unparseable"):
             unparseable += 1
     accuracies = [sum(values) / len(values) for values in by_subject.values()]
+    need = min_items_dead(CHANCE, DEAD_CONFIDENCE)
     correct = {category: 0.0 for category in CATEGORIES}
     judged = {category: 0 for category in CATEGORIES}
     for subject, values in by_subject.items():
@@ -185,5 +191,9 @@ def aggregate(records: Sequence[ItemRecord]) -> dict[str, Any]:
         "macro_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
         "unparseable": unparseable,
         "not_scored": not_scored,
-        "dead_categories": [category for category in CATEGORIES if judged[category] and correct[category] == 0],
+        "dead_categories": [c for c in CATEGORIES if judged[c] >= need and correct[c] == 0],
+        "cannot_tell_categories": [c for c in CATEGORIES if 0 < judged[c] < need and correct[c] == 0],
+        "min_items_dead": need,
+        CHANCE_KEY: CHANCE,
+        BREAKDOWN_KEY: "category",
     }
