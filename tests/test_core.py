@@ -378,3 +378,12 @@ def test_a_bad_flag_value_is_one_line(args: list[str], line: str) -> None:
     result = subprocess.run([*bench_cmd(), *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == line
+
+
+def test_tool_probe_is_fatal_only_for_runs_that_send_tools() -> None:
+    from bench.run.evaluation import build_plan, sends_tools
+    from bench.run.options import EvalOptions
+
+    assert sends_tools(build_plan(EvalOptions(packs="toolcall", limit=2)))
+    assert sends_tools(build_plan(EvalOptions(packs="smoke")))
+    assert not sends_tools(build_plan(EvalOptions(packs="instructfollow,dataextract", limit=2)))

@@ -178,6 +178,7 @@ def test_a_run_keeps_its_heatmap_after_the_checkpoint_is_gone(tmp_path: Path) ->
 
 def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.run import evaluation
+    from bench.run.options import EvalOptions
 
     class Stop(Exception):
         pass
@@ -187,9 +188,9 @@ def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypa
 
     checkpoint = write_pruning(tmp_path / "ckpt").parent
     monkeypatch.setattr(evaluation, "_precheck", lambda options: None)
-    monkeypatch.setattr(evaluation, "build_plan", lambda *args, **kwargs: None)
     monkeypatch.setattr(evaluation, "_connect", stop)  # nothing is served or asked: only the run directory is made
-    options = evaluation.RunOptions(model=str(checkpoint), runs_dir=str(tmp_path / "runs"), run_id="r")
+    options = evaluation.RunOptions(model=str(checkpoint), runs_dir=str(tmp_path / "runs"), run_id="r",
+                                    evaluate=EvalOptions(packs="smoke"))
     with pytest.raises(Stop):
         evaluation.execute(options, echo=lambda line: None)
     assert (tmp_path / "runs" / "r" / "pruning.json").read_bytes() == (checkpoint / "pruning.json").read_bytes()

@@ -63,6 +63,18 @@ def test_demo_sized_pair_is_inconclusive_with_what_it_would_take(demo_pair: tupl
     assert result.line.endswith("to check them: " + "; ".join(result.needed))
 
 
+def test_a_floor_the_interval_straddles_is_not_shown_to_hold(demo_pair: tuple[Path, Path]) -> None:
+    base, cand = demo_pair
+    run = load_run(cand)
+    mean = run.results.packs["toolcall"].score
+    assert mean.mean is not None and mean.low is not None and mean.low < 0.7 < mean.mean
+    result = gate.evaluate(run, load_run(base), parse_spec({"packs": {"toolcall": {"floor": 0.7}, "mmlu": {"allowed_drop": 0.9}}}))
+    floor = result.rules[0]
+    assert floor.kind == "floor" and floor.status == "underpowered" and floor.items_needed is not None
+    assert result.verdict == "Inconclusive"
+    assert f"toolcall: about {floor.items_needed} items to show score above its floor 0.7" in result.needed
+
+
 def test_fully_powered_pair_passes(tmp_path: Path) -> None:
     base = write_run(tmp_path, "big-base", n_per_pack=600)
     cand = write_run(tmp_path, "big-cand", n_per_pack=600)

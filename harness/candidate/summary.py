@@ -18,6 +18,7 @@ from bench import __version__
 from bench.candidate.cache import StepStore
 from bench.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
 from bench.candidate.prepare import Prepared
+from bench.compare.gate import INCONCLUSIVE
 from bench.pruning_record import PRUNING_FILE
 from bench.report.candidates import CandidateRow as Row
 from bench.report.candidates import CandidateTable
@@ -208,8 +209,12 @@ def write_loop_report(summary: Summary, out: Path) -> Path | None:
 
 
 def exit_code(summary: Summary) -> int:
-    """0: some candidate passes the gate; 1: none does; 2: a step failed (see the rows' errors)."""
+    """As the gate's: 0 some candidate passes; 3 none fails a rule but some could not be checked
+    (Inconclusive); 1 every candidate fails; 2 a step failed (see the rows' errors)."""
     if summary.steps.failed:
         return 2
-    return 0 if any(row.verdict == "Pass" for row in summary.candidates()) else 1
+    verdicts = {row.verdict for row in summary.candidates()}
+    if "Pass" in verdicts:
+        return 0
+    return 3 if INCONCLUSIVE in verdicts else 1
 

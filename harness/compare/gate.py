@@ -322,10 +322,39 @@ def _floor_outcome(rule: _PlannedRule, candidate: RunData, spec: GateSpec) -> Ru
     span = f" ({_pct(spec.confidence)} CI {interval.low:.3f}-{interval.high:.3f})" if has_bounds else ""
     relation = "below" if interval.mean < rule.threshold else "at or above"
     message = f"{label} {interval.mean:.3f}{span} is {relation} the floor {rule.threshold:.3f} (n={interval.n})"
+    lower = interval.low if interval.low is not None else interval.mean
+    if not failed and rule.decision == "confident" and lower < rule.threshold - _EPS:
+        # Not below the floor, but not shown above it either: the interval straddles it.
+        needed = _floor_items(interval.mean, rule.threshold, spec.confidence)
+        return _outcome(
+            rule, status="underpowered", counts_as_failure=spec.on_underpowered == "fail", value=interval.mean,
+            low=interval.low, high=interval.high, items_needed=needed,
+            message=message + "; underpowered: its interval reaches below the floor",
+        )  # fmt: skip
     return _outcome(
         rule, status="fail" if failed else "pass", counts_as_failure=failed, value=interval.mean,
         low=interval.low, high=interval.high, message=message,
     )  # fmt: skip
+
+
+def _floor_items(mean: float, floor: float, confidence: float) -> int | None:
+    """About how many items put the lower end of a Wilson interval at ``mean`` above ``floor``; None
+    when the mean itself is not above it (no number of items would then show the floor held)."""
+    if mean <= floor:
+        return None
+    n = 1
+    while (stats.proportion_interval(round(mean * n), n, confidence).low or 0.0) < floor:
+        n *= 2
+        if n > 10_000_000:
+            return None
+    low, high = n // 2, n
+    while low + 1 < high:
+        middle = (low + high) // 2
+        if (stats.proportion_interval(round(mean * middle), middle, confidence).low or 0.0) >= floor:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def items_needed(differences: list[float], threshold: float, confidence: float, power: float) -> int | None:
@@ -512,7 +541,7 @@ def _needed(outcomes: list[RuleOutcome]) -> list[str]:
     """Per pack, what it would take to check every rule that could not be checked."""
     by_pack: dict[str, list[RuleOutcome]] = {}
     for outcome in outcomes:
-        if outcome.status == "underpowered" and outcome.items_needed is not None:
+        if outcome.status == "underpowered" and (outcome.items_needed is not None or outcome.kind == "floor"):
             by_pack.setdefault(outcome.pack, []).append(outcome)
     lines = []
     for pack, weak in by_pack.items():
@@ -525,6 +554,9 @@ def _needed(outcomes: list[RuleOutcome]) -> list[str]:
             most = max(o.items_needed or 0 for o in drops)
             what = "the pack" if whole else f"each of {len(drops)} subdimensions"
             parts.append(f"{most} paired items in {what} (has {have})")
+        parts += [f"about {o.items_needed} items to show {o.measure} above its floor {o.threshold:g}" if o.items_needed
+                  else f"{o.measure} is not above its floor {o.threshold:g}: more items would not show it held"
+                  for o in weak if o.kind == "floor"]
         parts += [f"{o.items_needed} items per category to tell a dead category" for o in weak if o.kind == "collapse"]
         lines.append(f"{pack}: {'; '.join(parts)}")
     return lines

@@ -16,6 +16,7 @@ import pandas as pd
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field
 
+from bench.compare.gate import INCONCLUSIVE
 from bench.errors import UserError
 from bench.modelfile import read_model_file
 from bench.pruning_record import PruningRecord, read_pruning
@@ -111,6 +112,8 @@ def candidate_frame(table: CandidateTable) -> tuple[pd.DataFrame, pd.DataFrame]:
     for position, row in enumerate(table.rows):
         if row.pareto:
             classes.iloc[position, :] = "front"
+        if row.verdict == INCONCLUSIVE:
+            continue  # nothing failed, nothing shown: neither colour
         if row.error or (row.verdict and row.verdict != "Pass"):
             classes.iloc[position, frame.columns.get_loc("verdict")] = "worse"
         elif row.verdict == "Pass":

@@ -237,6 +237,17 @@ def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInf
     )
 
 
+def sends_tools(plan: RunPlan) -> bool:
+    """Whether any item of the run is asked with OpenAI ``tools`` (the tool probe then must pass)."""
+    for pack_plan in plan.packs.values():
+        for item in pack_plan.items:
+            try:
+                if pack_plan.pack.tools(item):
+                    return True
+            except Exception:  # a pack that builds its requests inside run_item only: assume it may
+                return True
+    return False
+
 def client_config(endpoints: list[str], model: str, options: EvalOptions) -> ClientConfig:
     """The client of one run: its concurrency and request timeout, and ``BENCH_API_KEY`` when set."""
     config = ClientConfig(endpoints=endpoints, model=model, concurrency=options.concurrency,
@@ -298,7 +309,7 @@ async def _checked_run(options: RunOptions, plan: RunPlan, client: ChatClient, s
     try:
         checks = await run_preflight(client, PreflightOptions(
             reasoning_parser=manifest.server.reasoning_parser, tool_call_parser=manifest.server.tool_call_parser,
-            launched=manifest.server.launched))
+            launched=manifest.server.launched, tools_required=sends_tools(plan)))
         manifest.preflight = checks
         manifest.server.rendered_prompt_sha256 = rendered_prompt_sha256(manifest.server.endpoints[0], manifest.server.served_model_name)
         manifest.server.unverifiable = unverifiable(manifest.server)  # the gate warns about these
