@@ -110,9 +110,10 @@ class Manifest(BaseModel):
     packs: list[PackEntry]
     sampling_overrides: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = None
-    repeats: int = 1
-    seed: int = 0
-    concurrency: int = 8
+    # What was asked, as the run's EvalOptions said (no defaults here: every manifest states them).
+    repeats: int
+    seed: int
+    concurrency: int
     host: dict[str, Any] = Field(default_factory=dict)
     status: Literal["running", "complete", "interrupted", "failed"] = "running"
     options: dict[str, Any] = Field(default_factory=dict)  # the run's options, for --resume

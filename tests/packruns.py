@@ -178,7 +178,9 @@ def _manifest(run_id: str, spec: RunSpec, plans: Mapping[str, PackPlan]) -> Mani
             for (name, plan), chosen in zip(plans.items(), spec.selection.values(), strict=True)
         ],
         limit=None,
+        repeats=1,
         seed=spec.seed,
+        concurrency=8,
         status="complete",
     )
 

@@ -196,6 +196,7 @@ def write_run(
         ],
         repeats=repeats,
         seed=seed,
+        concurrency=8,
         status="complete",
     )
     store.write_manifest(manifest)
