@@ -62,7 +62,7 @@ def main() -> None:
         print(f"setup: two runs of {items} items ({size_mb:.1f} MB items.jsonl each) in {time.perf_counter() - start:.1f} s")
 
         start, cpu = time.perf_counter(), time.process_time()
-        result = gate.evaluate(load_run(cand), load_run(base), load_spec(SPEC), str(SPEC))
+        result = gate.judge(load_run(cand), load_run(base), load_spec(SPEC), str(SPEC))
         gate_files.write_outputs(result, markdown=root / "gate.md", junit=root / "gate.xml", json_path=root / "gate.json")
         gate_s, gate_cpu = time.perf_counter() - start, time.process_time() - cpu
         print(f"gate (in-process): {gate_s:.2f} s wall, {gate_cpu:.2f} s cpu -> {result.verdict}, "

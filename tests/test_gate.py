@@ -54,7 +54,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def evaluate(runs: dict[str, Path], candidate: str, spec: Path | dict[str, Any] = DEFAULT_SPEC, baseline: str = "base") -> gate.GateResult:
     gate_spec = load_spec(spec) if isinstance(spec, Path) else parse_spec(spec)
-    return gate.evaluate(load_run(runs[candidate]), load_run(runs[baseline]), gate_spec, str(spec))
+    return gate.judge(load_run(runs[candidate]), load_run(runs[baseline]), gate_spec, str(spec))
 
 
 def bench(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -177,7 +177,7 @@ def test_verdict_mapping_can_be_overridden(runs: dict[str, Path]) -> None:
 def test_code_pack_maps_to_fail_code(tmp_path: Path) -> None:
     base = write_run(tmp_path, "b", packs=("code",), n_per_pack=N)
     cand = write_run(tmp_path, "c", packs=("code",), n_per_pack=N, regress={"code": 0.5})
-    result = gate.evaluate(load_run(cand), load_run(base), load_spec(DEFAULT_SPEC))
+    result = gate.judge(load_run(cand), load_run(base), load_spec(DEFAULT_SPEC))
     assert result.verdict == "FailCode" and result.exit_code == 1
 
 
@@ -203,20 +203,20 @@ def test_small_pack_is_underpowered_not_passed(tmp_path: Path) -> None:
     base = write_run(tmp_path, "b", n_per_pack=20)
     cand = write_run(tmp_path, "c", n_per_pack=20)
     spec = {"packs": {"toolcall": {"allowed_drop": 0.05}}}
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(spec))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(spec))
     assert result.verdict == "Inconclusive" and result.exit_code == 3
     assert result.rules[0].status == "underpowered"
     assert result.rules[0].items_needed == 120 and result.needed == ["toolcall: 120 paired items in the pack (has 20)"]
     assert result.rules[0].comparison is not None and result.rules[0].comparison.min_detectable_drop == pytest.approx(6 / 20)
     assert "underpowered" in result.line
-    strict = gate.evaluate(load_run(cand), load_run(base), parse_spec({**spec, "on_underpowered": "fail"}))
+    strict = gate.judge(load_run(cand), load_run(base), parse_spec({**spec, "on_underpowered": "fail"}))
     assert strict.verdict == "FailToolcall" and strict.exit_code == 1
 
 
 def test_repeats_are_folded_before_pairing(tmp_path: Path) -> None:
     base = write_run(tmp_path, "b", n_per_pack=40, repeats=3, repeat_noise=0.2)
     cand = write_run(tmp_path, "c", n_per_pack=40, repeats=3, repeat_noise=0.2)
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec({"packs": {"toolcall": {"allowed_drop": 0.05}}}))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec({"packs": {"toolcall": {"allowed_drop": 0.05}}}))
     rule = result.rules[0]
     assert rule.comparison is not None and rule.comparison.n_paired == 40
     assert rule.candidate_repeat_spread is not None and rule.candidate_repeat_spread > 0
@@ -311,7 +311,7 @@ def test_baseline_keeps_the_runs_pruning_record(runs: dict[str, Path], tmp_path:
 
 def test_subdimension_lost_to_truncation_is_warned_not_skipped(runs: dict[str, Path], tmp_path: Path) -> None:
     cand = write_run(tmp_path, "cut", n_per_pack=N, truncated_subdimension={"toolcall": "restraint"})
-    result = gate.evaluate(load_run(cand), load_run(runs["base"]), load_spec(DEFAULT_SPEC))
+    result = gate.judge(load_run(cand), load_run(runs["base"]), load_spec(DEFAULT_SPEC))
     assert "toolcall.restraint.drop" not in {rule.id for rule in result.rules}
     assert any(w.startswith("toolcall/restraint: the baseline scored 40 items, the candidate none") for w in result.warnings)
     # The truncated replies count as zeros in the pack score, so the overall drop is still judged.
@@ -326,10 +326,10 @@ def test_measure_never_on_the_same_item_is_underpowered_not_invalid(tmp_path: Pa
     assert set(base.folded("toolcall", "restraint").values) == {"toolcall-0008"}
     assert set(cand.folded("toolcall", "restraint").values) == {"toolcall-0003"}
     rules = {"version": 1, "packs": {"toolcall": {"allowed_drop": 0.5, "subdimensions": {"restraint": {"allowed_drop": 0.5}}}}}
-    result = gate.evaluate(cand, base, parse_spec(rules))
+    result = gate.judge(cand, base, parse_spec(rules))
     rule = next(rule for rule in result.rules if rule.id == "toolcall.restraint.drop")
     assert rule.status == "underpowered" and not rule.counts_as_failure
     assert "no item measured in both runs (1 only in the baseline, 1 only in the candidate)" in rule.message
     assert result.verdict != "Invalid" and not result.invalid_reasons
-    strict = gate.evaluate(cand, base, parse_spec({**rules, "on_underpowered": "fail"}))
+    strict = gate.judge(cand, base, parse_spec({**rules, "on_underpowered": "fail"}))
     assert next(rule for rule in strict.rules if rule.id == "toolcall.restraint.drop").counts_as_failure

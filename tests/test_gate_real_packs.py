@@ -250,7 +250,7 @@ def test_a_change_in_a_single_item_still_gets_a_verdict(runs: dict[str, Path]) -
     p-value is 1 (hand-computed: both of the two sign patterns are as extreme as the observed).
     """
     assert len(planted_item_ids(ONE_ITEM)) == 1
-    result = gate.evaluate(load_run(runs["one_item"]), load_run(runs["base"]), load_spec(DEFAULT_SPEC), str(DEFAULT_SPEC))
+    result = gate.judge(load_run(runs["one_item"]), load_run(runs["base"]), load_spec(DEFAULT_SPEC), str(DEFAULT_SPEC))
     assert result.verdict in ("Pass", "Inconclusive", "FailToolcall")
     rule = next(rule for rule in result.rules if rule.id == "toolcall.score.drop")
     assert rule.comparison is not None and rule.comparison.changed_items == 1

@@ -124,7 +124,7 @@ def test_a_server_that_is_not_vllm_gets_named_gaps_and_a_justified_tool_verdict(
     manifest = store.read_manifest()
     manifest.server.unverifiable = missing
     store.write_manifest(manifest)
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec({"packs": {"toolcall": {"allowed_drop": 0.9}}}))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec({"packs": {"toolcall": {"allowed_drop": 0.9}}}))
     assert any(w.startswith("candidate run fp-cand could not be fingerprinted (server version") for w in result.warnings)
 
 

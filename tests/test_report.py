@@ -45,7 +45,7 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, "cand", n_per_pack=60, regress={"toolcall": 0.4}, template_sha="e" * 64, hostile_items=[HOSTILE_ITEM]
     )
     gate_json = root / "gate.json"
-    result = gate.evaluate(load_run(cand), load_run(base), load_spec(REPO / "baselines" / "default.yaml"))
+    result = gate.judge(load_run(cand), load_run(base), load_spec(REPO / "baselines" / "default.yaml"))
     gate_files.write_outputs(result, json_path=gate_json)
     out = root / "report.html"
     proc = subprocess.run(

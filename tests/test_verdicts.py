@@ -54,7 +54,7 @@ def _spec_file(tmp_path: Path, data: dict[str, Any], name: str = "spec.json") ->
 
 def test_demo_sized_pair_is_inconclusive_with_what_it_would_take(demo_pair: tuple[Path, Path]) -> None:
     base, cand = demo_pair
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(SMALL))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(SMALL))
     assert result.verdict == "Inconclusive" and result.exit_code == gate.EXIT_INCONCLUSIVE == 3
     assert not result.failures and len(result.underpowered) == 2
     # 0.05 needs k_min=6 changed items / 0.05 = 120 paired items at 95%.
@@ -68,7 +68,7 @@ def test_a_floor_the_interval_straddles_is_not_shown_to_hold(demo_pair: tuple[Pa
     run = load_run(cand)
     mean = run.results.packs["toolcall"].score
     assert mean.mean is not None and mean.low is not None and mean.low < 0.7 < mean.mean
-    result = gate.evaluate(run, load_run(base), parse_spec({"packs": {"toolcall": {"floor": 0.7}, "mmlu": {"allowed_drop": 0.9}}}))
+    result = gate.judge(run, load_run(base), parse_spec({"packs": {"toolcall": {"floor": 0.7}, "mmlu": {"allowed_drop": 0.9}}}))
     floor = result.rules[0]
     assert floor.kind == "floor" and floor.status == "underpowered" and floor.items_needed is not None
     assert result.verdict == "Inconclusive"
@@ -78,7 +78,7 @@ def test_a_floor_the_interval_straddles_is_not_shown_to_hold(demo_pair: tuple[Pa
 def test_fully_powered_pair_passes(tmp_path: Path) -> None:
     base = write_run(tmp_path, "big-base", n_per_pack=600)
     cand = write_run(tmp_path, "big-cand", n_per_pack=600)
-    result = gate.evaluate(load_run(cand), load_run(base), load_spec(DEFAULT_SPEC), str(DEFAULT_SPEC))
+    result = gate.judge(load_run(cand), load_run(base), load_spec(DEFAULT_SPEC), str(DEFAULT_SPEC))
     assert result.verdict == "Pass" and result.exit_code == 0, result.line
     assert all(rule.status == "pass" for rule in result.rules) and not result.needed
     assert result.line.startswith(f"Pass: all {len(result.rules)} rules shown to hold")
@@ -102,7 +102,7 @@ def test_exit_codes_through_the_cli(demo_pair: tuple[Path, Path], tmp_path: Path
 
 def test_markdown_junit_and_html_say_the_same_words(demo_pair: tuple[Path, Path], tmp_path: Path) -> None:
     base, cand = demo_pair
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(SMALL))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(SMALL))
     markdown = gate_files.render_markdown(result)
     junit_path = tmp_path / "gate.xml"
     junit_path.write_text(gate_files.render_junit(result), encoding="utf-8")
@@ -127,16 +127,16 @@ def test_markdown_junit_and_html_say_the_same_words(demo_pair: tuple[Path, Path]
 def test_spec_rule_for_a_pack_not_in_the_run_warns_and_a_pack_without_rule_is_ungated(demo_pair: tuple[Path, Path]) -> None:
     base, cand = demo_pair
     spec = {"packs": {"toolcall": {"allowed_drop": 0.5}, "bugfind": {"allowed_drop": 0.05}}}
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(spec))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(spec))
     assert result.verdict == "Pass" and result.ungated == ["mmlu"]
     assert "the spec has rules for packs not in either run, not checked: bugfind" in result.warnings
     assert any(w.startswith("ungated: no rule of the spec judges mmlu") for w in result.warnings)
     assert result.line.endswith("; ungated (no rule, not judged): mmlu")
-    strict = gate.evaluate(load_run(cand), load_run(base), parse_spec({**spec, "strict": True}))
+    strict = gate.judge(load_run(cand), load_run(base), parse_spec({**spec, "strict": True}))
     assert strict.verdict == "Invalid" and strict.exit_code == 2
     assert any("'bugfind' is not in the candidate run" in r for r in strict.invalid_reasons)
     assert any("no rule in the strict spec: mmlu" in r for r in strict.invalid_reasons)
-    with_defaults = gate.evaluate(load_run(cand), load_run(base), parse_spec({**spec, "defaults": {"allowed_drop": 0.5}}))
+    with_defaults = gate.judge(load_run(cand), load_run(base), parse_spec({**spec, "defaults": {"allowed_drop": 0.5}}))
     assert with_defaults.ungated == []
 
 
@@ -179,13 +179,13 @@ def test_planted_dead_category_fails_the_gate(tmp_path: Path) -> None:
     results = load_run(cand).results.packs["mmlu"]
     assert results.extra["dead_categories"] == ["humanities"] and results.extra["chance"] == 0.25
     spec = {"packs": {"mmlu": {"metric": "pass_rate", "allowed_drop": 0.5, "dead_categories": "fail"}}}
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(spec))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(spec))
     assert result.verdict == "FailKnowledge" and result.exit_code == 1
     rule = next(rule for rule in result.rules if rule.kind == "collapse")
     assert rule.id == "mmlu.dead_categories.collapse" and rule.counts_as_failure
     assert "dead categories (no right answer, n >= 12): humanities" in rule.message
     # Without the rule, the gate still says it.
-    warned = gate.evaluate(load_run(cand), load_run(base), parse_spec({"packs": {"mmlu": {"allowed_drop": 0.5}}}))
+    warned = gate.judge(load_run(cand), load_run(base), parse_spec({"packs": {"mmlu": {"allowed_drop": 0.5}}}))
     assert any("dead categories" in warning for warning in warned.warnings)
     notes = report.collapse_notes([load_run(cand)], ["mmlu-dead"])
     assert notes == ["mmlu-dead: mmlu dead categories (no right answer, n >= 12): humanities"]
@@ -197,7 +197,7 @@ def test_four_items_per_category_cannot_tell(tmp_path: Path) -> None:
     extra = load_run(cand).results.packs["mmlu"].extra
     assert extra["dead_categories"] == [] and extra["cannot_tell_categories"] == ["humanities"]
     spec = {"packs": {"mmlu": {"metric": "pass_rate", "allowed_drop": 0.9, "dead_categories": "fail"}}}
-    result = gate.evaluate(load_run(cand), load_run(base), parse_spec(spec))
+    result = gate.judge(load_run(cand), load_run(base), parse_spec(spec))
     rule = next(rule for rule in result.rules if rule.kind == "collapse")
     assert rule.status == "underpowered" and rule.items_needed == 12
     assert "cannot tell whether dead" in rule.message and "humanities" in rule.message

@@ -204,7 +204,7 @@ class Loop:
         self._announce(step, "gating against the base")
         started = time.monotonic()
         folder = self.store.begin(step)
-        result = gate.evaluate(load_run(candidate), load_run(baseline), self.prepared.gate_spec,
+        result = gate.judge(load_run(candidate), load_run(baseline), self.prepared.gate_spec,
                                self.prepared.gate_source)
         gate_files.write_outputs(result, markdown=folder / "gate.md", junit=folder / "gate.xml", json_path=folder / "gate.json")
         self.echo(f"    {result.line}")

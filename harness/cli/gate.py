@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         gate_spec = load_spec(spec_file)
         candidate = load_run(run)
         reference = load_run(resolve_run(baseline, baselines_dir=baselines_dir))
-        result = gate.evaluate(candidate, reference, gate_spec, str(spec_file))
+        result = gate.judge(candidate, reference, gate_spec, str(spec_file))
         gate_files.write_outputs(result, markdown=markdown, junit=junit, json_path=json_path)
         for warning in result.warnings:
             print(f"WARNING: {warning}", file=sys.stderr)

@@ -452,7 +452,7 @@ def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spe
 # Verdict
 
 
-def evaluate(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: str = "") -> GateResult:
+def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: str = "") -> GateResult:
     """Apply every rule of ``spec`` and decide the verdict."""
     invalid = _validity(candidate, "candidate") + _validity(baseline, "baseline")
     plan_warnings: list[str] = []
