@@ -295,7 +295,7 @@ def load_jsonl_items(path: Path | Traversable, schema: dict[str, Any] | None = N
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg}: column {exc.colno})") from exc
         try:
             item = Item.model_validate(raw)
         except Exception as exc:  # pydantic's message is long; keep the first line

@@ -318,6 +318,14 @@ def test_subdimension_lost_to_truncation_is_warned_not_skipped(runs: dict[str, P
     assert result.verdict == "FailToolcall"
 
 
+def test_subdimension_never_asked_is_warned_as_not_asked(runs: dict[str, Path], tmp_path: Path) -> None:
+    # Two toolcall items measure only the first two subdimensions; nothing was cut off or failed.
+    cand = write_run(tmp_path, "two-items", packs=("toolcall",), n_per_pack=2)
+    result = gate.judge(load_run(cand), load_run(runs["base"]), parse_spec({"packs": {"toolcall": {
+        "allowed_drop": 0.5, "each_subdimension": {"allowed_drop": 0.5}}}}))
+    lost = [w for w in result.warnings if w.startswith("toolcall/restraint: the baseline scored")]
+    assert lost and "it asked no item that measures it" in lost[0] and "truncated" not in lost[0]
+
 def test_measure_never_on_the_same_item_is_underpowered_not_invalid(tmp_path: Path) -> None:
     # Ten toolcall items; restraint is measured on items 3 and 8. The baseline's reply to item 3 and
     # the candidate's to item 8 ran past max_tokens: both runs report restraint, on different items.

@@ -419,3 +419,12 @@ def test_disk_full_at_start_does_not_burn_the_run_id(tmp_path: Path, tiny_disk: 
         evaluation.execute(_start_options(tmp_path, tiny_disk), echo=lambda line: None)
     assert "already exists" not in str(again.value)
     assert (tiny_disk / "r1" / "manifest.json").is_file() and (tmp_path / "LAUNCHED").exists()
+
+
+def test_a_broken_json_line_is_named_with_its_column(tmp_path: Path) -> None:
+    from bench.run.store import RunStore
+
+    store = RunStore.create(tmp_path, "r")
+    store.items_path.write_text('{"pack": "smoke", "item_id": "a\tb"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"items\.jsonl:1: not valid JSON \(Invalid control character at: column \d+\)$"):
+        store.read_items()

@@ -241,11 +241,14 @@ def _plan(
         if rules.each_subdimension is not None:
             targets += [(name, rules.each_subdimension) for name in result.subdimensions if name not in rules.subdimensions]
             lost += [name for name in base_subs if name not in result.subdimensions and name not in rules.subdimensions]
+        unjudged = result.health.truncated + result.health.empty + result.health.errors
+        why = ("its replies were truncated or failed, and carry no subscores" if unjudged
+               else "it asked no item that measures it: other items, tier or limit")
         for name in lost:
             items = base_result.subdimensions[name].n if base_result else 0
             warnings.append(
                 f"{pack}/{name}: the baseline scored {items} items, the candidate none "
-                "(its replies were truncated or failed, and carry no subscores); rules for it not applied"
+                f"({why}); rules for it not applied"
             )
         for sub, limits in targets:
             verdict = spec.verdict_for(pack, rules, limits if sub is not None else None)

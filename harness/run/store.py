@@ -156,7 +156,7 @@ def _parse_item(path: Path) -> Callable[[str, int], ItemRecord]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from exc
+            raise UserError(f"{where}: not valid JSON ({exc.msg}: column {exc.colno})") from exc
         check_schema_version(data.get("schema_version") if isinstance(data, dict) else None, where)
         _validate("item", data, where)
         return ItemRecord.model_validate(data)
