@@ -246,7 +246,9 @@ def test_gate_with_the_shipped_strict_spec_by_name(installed: Installed, stored_
     base, cand = stored_runs
     proc = _bench(installed, "module", "gate", cand, "--baseline", base, "--spec", "strict", "--json", "gate.json", cwd=tmp_path)
     result = json.loads((tmp_path / "gate.json").read_text(encoding="utf-8"))
-    assert proc.returncode == 1 and result["verdict"].startswith("Fail"), proc.stderr
+    # strict.yaml is total: it names packs these two-pack runs never ran, so the verdict is Invalid.
+    assert proc.returncode == 2 and result["verdict"] == "Invalid", proc.stderr
+    assert any("is not in the candidate run" in reason for reason in result["invalid_reasons"]), result["invalid_reasons"]
     spec = Path(result["spec_source"])
     assert spec.name == "strict.yaml" and spec.is_relative_to(installed.site_packages)
 
