@@ -1,7 +1,8 @@
 """The real-language MoE built from SmolLM2-135M: it loads in transformers and vLLM, stays near the dense
-model, prunes and quantizes as predicted, and REAP ranks experts better than frequency, random and inverse REAP.
+model, and prunes and quantizes as predicted.
 
-Thresholds and the choice of build come from docs/findings/smollm-moe-pruning-order.md.
+Which pruning criterion wins on it is a measurement, not an assertion: ``benchmarks/pruning_quality.py``
+prints it with its standard error (figures in docs/findings/smollm-moe-pruning-order.md).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -143,72 +143,6 @@ def test_fp8_real_moe_loses_under_005_nats(built: dict[str, Path], held_out, moe
     assert abs(fp8_loss - bf16_loss) < 0.05
     # Embeddings and the untied head (113 MB of 326 MB) stay bf16; every linear weight halves.
     assert result.after_bytes < 0.7 * result.before_bytes
-
-
-EXACT_SEEDS = (0, 1)  # two exact builds, whose held-out questions are pooled: one build alone is a noisy draw
-
-
-@pytest.fixture(scope="module")
-def exact_scored(built: dict[str, Path]) -> dict[str, Any]:
-    """Exact MoEs of the same dense model (its neurons as they are, from importance bands, a quarter of
-    each MLP always on), one per seed, each with its experts scored once on calibration questions and a
-    loss meter for held-out ones."""
-    from bench.engine.compute.reap import score_experts
-    from bench.engine.planning.calibration import build_samples, load_mix
-    from bench.engine.planning.checkpoint import Checkpoint
-    from bench.engine.planning.moe import resolve
-    from bench.engine.planning.prune_plan import PruneOptions
-    from bench.engine.toys.smollm_moe import RANKING_BUILD, LossMeter, build_smollm_moe
-
-    # Calibration questions drawn with seed 1 are none of those the MoE was fitted on (seed 0 draws 24 of them).
-    calibration = build_samples(load_mix(mix_file(built["root"] / "cal64.yaml", "test", 1, 64)), built["dense"])
-    held_out = build_samples(load_mix(mix_file(built["root"] / "held48.yaml", "dev", 1, 48)), built["dense"])
-    builds = []
-    for seed in EXACT_SEEDS:
-        moe = build_smollm_moe(built["dense"], built["root"] / f"moe-exact-{seed}", seed=seed, data_dir=DATA,
-                               **RANKING_BUILD)
-        checkpoint = Checkpoint.open(moe)
-        # One scoring pass serves every criterion: each sees the unpruned model, so none is favoured.
-        scoring = score_experts(checkpoint, resolve(checkpoint), calibration.token_ids,
-                                PruneOptions(keep=1, propagate="unpruned"), keep=1)
-        meter = LossMeter(moe)
-        print(f"held-out loss of the unpruned exact MoE (seed {seed}): "
-              f"{float(meter.token_losses(held_out.token_ids).mean()):.4f}")
-        builds.append({"seed": seed, "scoring": scoring, "meter": meter})
-    return {"builds": builds, "held_out": held_out.token_ids, "lengths": [len(ids) - 1 for ids in held_out.token_ids]}
-
-
-@pytest.mark.parametrize("keep", [6, 4], ids=["25%", "50%"])
-def test_reap_beats_frequency_and_random_pruning(exact_scored: dict[str, Any], keep: int) -> None:
-    from bench.engine.toys.smollm_moe import loss_gap
-
-    held_out, lengths = exact_scored["held_out"], exact_scored["lengths"]
-    reaps: list[torch.Tensor] = []
-    rivals: dict[str, list[torch.Tensor]] = {"frequency": [], "random, mean of 3 seeds": [], "inverse REAP": []}
-    for build in exact_scored["builds"]:
-        meter, scoring = build["meter"], build["scoring"]
-
-        def losses(criterion: str, seed: int = 0, invert: bool = False) -> torch.Tensor:
-            return meter.selection_losses(held_out, scoring, criterion, keep, seed=seed, invert=invert).double()
-
-        reaps.append(losses("reap"))
-        randoms = [losses("random", seed) for seed in range(3)]
-        rivals["frequency"].append(losses("frequency"))
-        rivals["random, mean of 3 seeds"].append(torch.stack(randoms).mean(0))
-        rivals["inverse REAP"].append(losses("reap", invert=True))
-        print(f"seed {build['seed']}, keeping {keep} of 8: REAP {float(reaps[-1].mean()):.4f}; random seeds "
-              + ", ".join(f"{float(values.mean()):.4f}" for values in randoms))
-        for name, values in rivals.items():
-            gap, error = loss_gap(values[-1], reaps[-1], lengths)
-            print(f"  {name}: {float(values[-1].mean()):.4f} ({gap:+.4f} ± {error:.4f} against REAP)")
-    # Pooled over the builds: each build's questions count as questions of their own.
-    reap = torch.cat(reaps)
-    gaps = {name: loss_gap(torch.cat(values), reap, lengths * len(reaps)) for name, values in rivals.items()}
-    for name, (gap, error) in gaps.items():
-        print(f"both builds, {name}: {gap:+.4f} ± {error:.4f} against REAP ({gap / max(error, 1e-12):.1f} s.e.)")
-    # Beating means a lower held-out loss; how many standard errors it won by is printed above.
-    unbeaten = {name: f"{gap:+.4f} ± {error:.4f}" for name, (gap, error) in gaps.items() if gap <= 0}
-    assert not unbeaten, f"keeping {keep} of 8 experts, REAP did not beat {unbeaten}"
 
 
 @pytest.mark.vllm

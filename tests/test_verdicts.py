@@ -248,3 +248,24 @@ def test_scores_that_merely_agree_are_told_apart(tmp_path: Path) -> None:
     store.write_results(store.read_results())  # results again describe the items beside them
     text = report.movement(base, load_run(other), "toolcall")
     assert text.startswith("scores agree, but 2 of 20 answers differ"), text
+
+
+def test_a_forced_tool_call_tells_a_dropping_server_from_a_weak_model() -> None:
+    from bench.serve.preflight import PreflightOptions, forced_tool_verdict
+    from bench.transcript import Response, ToolCall
+
+    options = PreflightOptions(reasoning_parser=None, tool_call_parser="hermes")
+    auto = Response(content="It is sunny, I think.", finish_reason="stop")
+    called = forced_tool_verdict(auto, Response(tool_calls=[ToolCall(id="1", name="get_weather", arguments='{"city": "Paris"}')],
+                                                finish_reason="tool_calls"), options)
+    assert called.ok and "a model choice" in called.detail
+    # Prose under a forced tool_choice, finished or cut off: the server ignored the tools.
+    for forced in (Response(content="Paris is sunny today.", finish_reason="stop"),
+                   Response(content="Paris, the City of Light, the capital of", finish_reason="length")):
+        prose = forced_tool_verdict(auto, forced, options)
+        assert not prose.ok and prose.detail.startswith("the server ignores tools")
+    # A weak model that starts a call it cannot finish: the tools reached it, so the server is not to blame.
+    for forced in (Response(content='<tool_call>\n{"name": "get_weather", "arguments": "1.0.0.0.0', finish_reason="length"),
+                   Response(content='{"location": "Par', finish_reason="length")):
+        verdict = forced_tool_verdict(auto, forced, options)
+        assert verdict.ok and "not verifiable on this server" in verdict.detail and "length" in verdict.detail

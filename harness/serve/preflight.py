@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import httpx
@@ -42,6 +43,8 @@ PROBE_TOOL = {
 PROBE_MAX_TOKENS = 1024
 
 
+# Tool-call text a parser should have lifted out of content (hermes, qwen3-coder, plain JSON calls).
+TOOL_MARKUP = re.compile(r'<tool_call>|<function=|"arguments"')
 FORCED_TOOL_CHOICE: dict[str, object] = {"type": "function", "function": {"name": "get_weather"}}
 NOT_VERIFIABLE = "not verifiable on this server"
 
@@ -128,7 +131,7 @@ def check_tools(reply: Response, options: PreflightOptions) -> PreflightCheck:
                                   fix="the tool-call parser does not match this model's format: pick the right --tool-call-parser")
         return PreflightCheck(name="tool_call", ok=True, detail=f"parsed tool_calls: {call.name}({call.arguments})")
     content = reply.content or ""
-    if "<tool_call>" in content or "<function=" in content or '"arguments"' in content:
+    if TOOL_MARKUP.search(content):
         return PreflightCheck(name="tool_call", ok=False,
                               detail="tool call left as text in content (parser failure)", evidence=f"content={_shown(content)}",
                               fix=f"launch with --enable-auto-tool-choice --tool-call-parser {options.suggested_tool_parser}")
@@ -278,11 +281,26 @@ async def _forced_tool_call(client: ChatClient, options: PreflightOptions, auto:
                               detail=f"model answered without calling the tool: {_shown(auto.content)}; "
                                      f"{NOT_VERIFIABLE}: whether it honours tools (a forced tool_choice was refused)",
                               evidence="; ".join(errors))
+    return forced_tool_verdict(auto, forced, options)
+
+
+def forced_tool_verdict(auto: Response, forced: Response, options: PreflightOptions) -> PreflightCheck:
+    """What a reply under a forced tool_choice says about a model that did not call under ``auto``."""
     if forced.tool_calls:
         call = forced.tool_calls[0]
         return PreflightCheck(name="tool_call", ok=True,
                               detail=f"model answered without calling the tool under tool_choice=auto (a model choice: "
                                      f"forcing the tool gave {call.name}({call.arguments}))")
+    content = forced.content or ""
+    if TOOL_MARKUP.search(content) or content.lstrip().startswith("{"):
+        # The tools reached the model (it wrote a call, maybe cut off): the server does not drop them, but this
+        # model's forced call cannot be parsed, so the probe cannot tell more. Prose means tool_choice was ignored:
+        # a server that honours it constrains the reply to the call from its first token.
+        return PreflightCheck(name="tool_call", ok=True,
+                              detail=f"model answered without calling the tool: {_shown(auto.content)}; {NOT_VERIFIABLE}: "
+                                     f"whether it honours tools (the forced call did not parse, "
+                                     f"finish_reason={forced.finish_reason})",
+                              evidence=f"content={_shown(content)}")
     return PreflightCheck(
         name="tool_call", ok=False,
         detail="the server ignores tools: a request forcing get_weather (tool_choice) came back without a tool call",
