@@ -114,17 +114,27 @@ def _free_port() -> int:
 # ---------------------------------------------------------------- real vLLM (two launches)
 
 
-@pytest.mark.vllm
-def test_bench_killed_takes_its_whole_server_with_it(scripted_model: Path, tmp_path: Path) -> None:
-    before = set(_processes())
-    proc = _start("run", "--model", str(scripted_model), "--packs", "smoke", "--repeats", "40", "--concurrency", "1",
-                  "--max-model-len", "1024", "--runs-dir", str(tmp_path), "--run-id", "killed", "--no-report",
+def _long_run_with_a_first_item(model: Path, runs_dir: Path, run_id: str, concurrency: int) -> subprocess.Popen[str]:
+    """A `bench run` of the scripted model that asks for minutes, returned once its first item is recorded."""
+    proc = _start("run", "--model", str(model), "--packs", "smoke", "--repeats", "40", "--concurrency", str(concurrency),
+                  "--max-model-len", "1024", "--runs-dir", str(runs_dir), "--run-id", run_id, "--no-report",
                   env={"BENCH_VLLM_PYTHON": vllm_python()})
-    run_dir = tmp_path / "killed"
-    items = run_dir / "items.jsonl"
+    items = runs_dir / run_id / "items.jsonl"
     try:
         _wait_for(lambda: items.exists() and items.stat().st_size > 0 or proc.poll() is not None, 240, "a first item")
         assert proc.poll() is None, proc.communicate()[1]
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+@pytest.mark.vllm
+def test_bench_killed_takes_its_whole_server_with_it(scripted_model: Path, tmp_path: Path) -> None:
+    before = set(_processes())
+    proc = _long_run_with_a_first_item(scripted_model, tmp_path, "killed", concurrency=1)
+    run_dir = tmp_path / "killed"
+    try:
         server = _manifest(run_dir)["server"]
         assert server["pgid"] and server["pid"] and server["port"] and server["bench_pid"] == proc.pid
         started = _started_by(proc.pid, {server["pgid"]}, before)
@@ -144,14 +154,9 @@ def test_bench_killed_takes_its_whole_server_with_it(scripted_model: Path, tmp_p
 @pytest.mark.vllm
 def test_server_killed_mid_run_stops_the_run_at_once(scripted_model: Path, tmp_path: Path) -> None:
     before = set(_processes())
-    proc = _start("run", "--model", str(scripted_model), "--packs", "smoke", "--repeats", "40", "--concurrency", "2",
-                  "--max-model-len", "1024", "--runs-dir", str(tmp_path), "--run-id", "dead", "--no-report",
-                  env={"BENCH_VLLM_PYTHON": vllm_python()})
+    proc = _long_run_with_a_first_item(scripted_model, tmp_path, "dead", concurrency=2)
     run_dir = tmp_path / "dead"
-    items = run_dir / "items.jsonl"
     try:
-        _wait_for(lambda: items.exists() and items.stat().st_size > 0 or proc.poll() is not None, 240, "a first item")
-        assert proc.poll() is None, proc.communicate()[1]
         server = _manifest(run_dir)["server"]
         started = _started_by(proc.pid, {server["pgid"]}, before)
         os.kill(server["pid"], signal.SIGKILL)

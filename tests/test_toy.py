@@ -14,21 +14,10 @@ from bench.engine.toys import builders as toy  # noqa: E402
 from bench.engine.toys.builders import build_scripted, build_smollm, is_built  # noqa: E402
 from bench.engine.toys.scripted import scripted_reply  # noqa: E402
 from bench.errors import UserError  # noqa: E402
+from bench.packs.smoke.pack import WEATHER_TOOL  # noqa: E402  (the tool the scripted model answers)
 
 pytestmark = pytest.mark.engine
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 AFTER_TOOL_RESULT = QUESTION + [
     {

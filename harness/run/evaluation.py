@@ -248,6 +248,7 @@ def sends_tools(plan: RunPlan) -> bool:
                 return True
     return False
 
+
 def client_config(endpoints: list[str], model: str, options: EvalOptions) -> ClientConfig:
     """The client of one run: its concurrency and request timeout, and ``BENCH_API_KEY`` when set."""
     config = ClientConfig(endpoints=endpoints, model=model, concurrency=options.concurrency,
@@ -255,6 +256,7 @@ def client_config(endpoints: list[str], model: str, options: EvalOptions) -> Cli
     if api_key := os.environ.get("BENCH_API_KEY"):
         config.api_key = api_key
     return config
+
 
 def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
             echo: Any = print) -> RunOutcome:

@@ -11,19 +11,10 @@ import os
 from pathlib import Path
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, *, group: bool = False) -> bool:
+    """Whether the process (or, with ``group``, any process of the group) still exists."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -42,7 +33,7 @@ def left_servers(runs_dir: Path) -> list[str]:
         pgid, owner = server.get("pgid"), server.get("bench_pid")
         if not (server.get("launched") and isinstance(pgid, int) and isinstance(owner, int)):
             continue
-        if _alive(owner) or not _group_alive(pgid):
+        if _alive(owner) or not _alive(pgid, group=True):
             continue
         port = server.get("port")
         lines.append(f"a vLLM server left by a dead bench is still running: process group {pgid}"
