@@ -161,6 +161,8 @@ class ChatClient:
             kwargs["tools"] = request.tools
             if request.tool_choice is not None:
                 kwargs["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            kwargs["response_format"] = request.response_format
         async with self._semaphore:
             attempt = 0
             while True:

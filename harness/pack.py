@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from bench.session import Session
 
 Tier = Literal["quick", "full"]
-ScoreStatus = Literal["scored", "truncated", "empty", "error"]
+# ``unmeasured``: the pack could not ask what it measures here (a server without guided decoding);
+# such a score is left out of every mean and comparison, as a failed request is, but is final.
+ScoreStatus = Literal["scored", "truncated", "empty", "error", "unmeasured"]
 
 
 class Sampling(BaseModel):

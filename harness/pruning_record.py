@@ -1,6 +1,7 @@
 """``pruning.json`` as the report reads it: which experts a pruned checkpoint kept, and why.
 
-``bench prune`` writes the file beside the pruned weights (see ``bench.engine.compute.prune``);
+``bench prune`` writes the file beside the pruned weights (see ``bench.engine.compute.prune``),
+with its source's identity and the chain of earlier prunes (``bench.engine.planning.lineage``);
 ``bench run`` copies it into the run directory (``bench.run.checkpoint_facts``), where the report
 reads it. The report runs without torch or the engine, so this reader is the harness's own:
 lenient about what it does not draw (extra keys, records from before usage was stored) and strict
@@ -10,6 +11,7 @@ about what it does, so a broken file becomes one line in the report instead of a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,17 +43,90 @@ class PrunedLayer(BaseModel):
         return self
 
 
+class CheckpointIdentity(BaseModel):
+    """The checkpoint a prune read, by cheap hashes: its config, weight index and safetensors headers."""
+
+    model_config = ConfigDict(extra="ignore")
+    path: str | None = None
+    config_sha256: str
+    index_sha256: str | None = None  # absent for a single-file checkpoint
+    headers_sha256: str  # every shard's name and raw header (names, dtypes, shapes, offsets), in name order
+    quantization: str | None = None  # "block FP8 128x128" for an FP8 source
+
+    def short(self) -> str:
+        return f"config {self.config_sha256[:12]}, headers {self.headers_sha256[:12]}"
+
+
+class KeptExperts(BaseModel):
+    """One layer's kept expert ids, numbered as in that prune's source."""
+
+    model_config = ConfigDict(extra="ignore")
+    layer: int
+    kept: list[int]
+
+
+class LineageStep(BaseModel):
+    """One prune of a chain: what it read, how it chose, and what it kept."""
+
+    model_config = ConfigDict(extra="ignore")
+    source: CheckpointIdentity | None = None  # records from before lineage was stored have none
+    base_model: str | None = None
+    family: str | None = None
+    criterion: str = "reap"
+    selection: str = "per-layer"
+    seed: int | None = None
+    n_experts_before: int
+    n_experts_after: int
+    calibration_hash: str | None = None
+    calibration_name: str | None = None
+    kept: list[KeptExperts] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the report: counts, how experts were chosen, and on what."""
+        text = f"{self.n_experts_before} -> {self.n_experts_after} experts ({self.criterion}, {self.selection}"
+        if self.calibration_name or self.calibration_hash:
+            text += f"; calibration {self.calibration_name or ''} {(self.calibration_hash or '')[:12]}".rstrip()
+        text += ")"
+        where = self.source.path if self.source and self.source.path else self.base_model
+        return f"{text} from {where}" if where else text
+
+
 class PruningRecord(BaseModel):
     """The parts of ``pruning.json`` the report shows."""
 
     model_config = ConfigDict(extra="ignore")
     version: int = 1
     base_model: str | None = None
+    family: str | None = None
     criterion: str = "reap"
     selection: str = "per-layer"
+    seed: int | None = None
     n_experts_before: int
     n_experts_after: int
+    calibration: dict[str, Any] | None = None
     layers: list[PrunedLayer] = Field(min_length=1)
+    source: CheckpointIdentity | None = None  # the checkpoint this prune read
+    chain: list[LineageStep] = Field(default_factory=list)  # earlier prunes of that source, oldest first
+
+    def as_step(self) -> LineageStep:
+        """This prune as one link of a later prune's chain (per-expert figures left out)."""
+        calibration = self.calibration or {}
+        recipe = calibration.get("recipe")
+        return LineageStep(
+            source=self.source, base_model=self.base_model, family=self.family, criterion=self.criterion,
+            selection=self.selection, seed=self.seed, n_experts_before=self.n_experts_before,
+            n_experts_after=self.n_experts_after, calibration_hash=calibration.get("hash"),
+            calibration_name=recipe.get("name") if isinstance(recipe, dict) else None,
+            kept=[KeptExperts(layer=layer.layer, kept=layer.kept) for layer in self.layers],
+        )
+
+    def lineage(self) -> list[LineageStep]:
+        """Every prune from the first source to this one, oldest first."""
+        return [*self.chain, self.as_step()]
+
+    @property
+    def stacked(self) -> bool:
+        return bool(self.chain)
 
 
 def read_pruning(path: Path) -> PruningRecord:

@@ -66,6 +66,7 @@ class ServerInfo(BaseModel):
     unverifiable: list[str] = Field(default_factory=list)
     parser_reason: str = ""
     max_model_len: int | None = None
+    max_model_len_source: str | None = None  # "--max-model-len", or how auto chose it
     generation_config: dict[str, Any] = Field(default_factory=dict)
     start_seconds: float | None = None
     # A launched server's processes, so a later bench can name one a dead bench left behind.
@@ -94,6 +95,30 @@ class PackEntry(BaseModel):
     subdimensions: list[str]
     sampling: dict[str, Any]
     options: dict[str, str] = Field(default_factory=dict)
+    # answer_tokens + thinking_tokens = max_tokens as sent, and where every sampling value came from
+    budget: dict[str, Any] | None = None
+
+
+class ConcurrencyLevels(BaseModel):
+    """The items a run kept in flight: a fixed level, or the levels ``auto`` chose from the server's load.
+
+    A resumed run records the levels of its last session.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    asked: int | Literal["auto"]  # what the run's options said
+    mode: Literal["fixed", "auto"]  # what was used
+    reason: str = ""  # why a fixed level was used where auto was asked
+    start: int
+    final: int
+    lowest: int
+    highest: int
+    mean: float  # averaged over the time items were being asked
+    samples: int = 0  # readings of the server's /metrics
+    failed_samples: int = 0
+    raised: int = 0
+    lowered: int = 0
+    series: list[list[float]] = Field(default_factory=list)  # [seconds since start, level] at each change
 
 
 class Manifest(BaseModel):
@@ -113,7 +138,8 @@ class Manifest(BaseModel):
     # What was asked, as the run's EvalOptions said (no defaults here: every manifest states them).
     repeats: int
     seed: int
-    concurrency: int
+    concurrency: int | Literal["auto"]
+    concurrency_levels: ConcurrencyLevels | None = None
     host: dict[str, Any] = Field(default_factory=dict)
     status: Literal["running", "complete", "interrupted", "failed"] = "running"
     options: dict[str, Any] = Field(default_factory=dict)  # the run's options, for --resume
@@ -150,12 +176,24 @@ class TimingStats(BaseModel):
     reasoning_tokens: int = 0
 
 
+class PassK(BaseModel):
+    """pass@1 and pass^k of items asked k times (``--repeats k``); estimators in ``bench.passk``."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(ge=1)  # trials per item
+    pass_at_1: Interval  # mean over items of the share of their trials that passed
+    pass_hat_k: Interval  # share of items whose k trials all pass (mean of C(c, k) / C(n, k))
+    curve: list[float | None] = Field(default_factory=list)  # pass^j for j = 1..k, the same items
+    short: int = 0  # items with fewer than k scored trials: left out of pass^k, not counted as failures
+
+
 class GroupResult(BaseModel):
     """One group of a pack's breakdown (an MMLU subject, a bugfind language): its items only."""
 
     model_config = ConfigDict(extra="forbid")
     score: Interval
     pass_rate: Interval
+    passk: PassK | None = None
 
 
 class PackResult(BaseModel):
@@ -172,6 +210,9 @@ class PackResult(BaseModel):
     timing: TimingStats = Field(default_factory=TimingStats)
     extra: dict[str, Any] = Field(default_factory=dict)  # the pack's own aggregate(): figures that are not breakdowns
     repeat_spread: float | None = None  # mean per-item std over repeats, when repeats > 1
+    passk: PassK | None = None  # pass@1 and pass^k over the pack's items (k = the run's repeats)
+    # Per subdimension: a trial passes a subdimension with full marks (subscore 1.0) on it.
+    subdimension_passk: dict[str, PassK] = Field(default_factory=dict)
 
 
 class Results(BaseModel):

@@ -1,7 +1,8 @@
 """The only place model-generated code runs.
 
 Model output is untrusted, so it never runs in the harness process. :func:`run_python` writes the
-files into a fresh private directory and runs ``python ENTRY`` there inside these layers:
+files into a fresh private directory and runs ``python ENTRY`` there; :func:`run_command` runs a
+program in a directory the caller prepared and reads back afterwards. Both run inside these layers:
 
 - **bubblewrap**, when it is installed and works: new mount, pid, network, IPC and UTS
   namespaces; the root filesystem read-only, a private size-limited ``/tmp`` (and ``/dev/shm``),
@@ -215,6 +216,64 @@ def run_python(
             _release_uid(sandbox_uid)
 
 
+def run_command(
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    max_processes: int = 64,
+    file_size_mb: int = 16,
+    max_output_chars: int = 256_000,
+    backend: BackendChoice = "auto",
+) -> SandboxResult:
+    """Run the program ``argv`` in the caller's ``workdir``, contained as :func:`run_python` is.
+
+    For packs that judge what a command leaves behind (the cli pack's shell replies): the caller
+    fills ``workdir`` before the run and reads it after; it is the program's current and home
+    directory and the only writable place on disk (seen inside as ``/tmp/work`` under
+    bubblewrap). When the harness runs as root its contents are handed to the run's throw-away
+    uid (symlinks themselves, never their targets) and stay owned by it; a later run in the same
+    directory hands them to its own uid.
+
+    Args:
+        argv: the program and its arguments; ``argv[0]`` an absolute path readable by other users.
+        workdir: an existing directory the caller owns.
+        timeout_s, memory_mb, stdin, env, max_processes, file_size_mb, max_output_chars, backend:
+            as for :func:`run_python`.
+
+    Returns:
+        The outcome; it never raises for anything the program itself does.
+
+    Raises:
+        ValueError: ``argv`` is empty or ``argv[0]`` is not an absolute path, or ``workdir`` is
+            not a directory.
+        UserError: ``backend="bwrap"`` was asked for and bubblewrap is not usable here.
+    """
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError(f"sandbox program {argv[0] if argv else None!r} must be an absolute path")
+    if not workdir.is_dir() or workdir.is_symlink():
+        raise ValueError(f"sandbox work directory {workdir} is not a directory")
+    chosen = _choose_backend(backend)
+    sandbox_uid = _allocate_uid() if os.geteuid() == 0 else None
+    try:
+        limits = _Limits(
+            memory_bytes=memory_mb * 1024 * 1024,
+            cpu_s=max(1, math.ceil(timeout_s)) + 1,
+            file_bytes=file_size_mb * 1024 * 1024,
+            processes=_process_limit(max_processes, sandbox_uid),
+            open_files=_OPEN_FILES,
+        )
+        with _private_dir() as root:
+            return _run_contained(root, workdir, argv, chosen=chosen, sandbox_uid=sandbox_uid, timeout_s=timeout_s,
+                                  limits=limits, stdin=stdin, env=env, max_output_chars=max_output_chars)
+    finally:
+        if sandbox_uid is not None:
+            _release_uid(sandbox_uid)
+
+
 def sandbox_backend() -> str:
     """The backend ``run_python`` uses here by default: ``bwrap`` or ``rlimits`` (for the manifest)."""
     return _choose_backend("auto")
@@ -243,15 +302,33 @@ def _run_in(
         target.write_text(text, encoding="utf-8")
     if sandbox_uid is not None:
         root.chmod(0o711)  # the uid may pass through to its directory, not list ours
-        for path in [workdir, *workdir.rglob("*")]:
-            os.chown(path, sandbox_uid, sandbox_uid)
+    return _run_contained(root, workdir, [interpreter, "-B", "-E", "-s", entry, *args], chosen=chosen,
+                          sandbox_uid=sandbox_uid, timeout_s=timeout_s, limits=limits, stdin=stdin, env=env,
+                          max_output_chars=max_output_chars)
 
+
+def _run_contained(
+    root: Path,
+    workdir: Path,
+    program: Sequence[str],
+    *,
+    chosen: str,
+    sandbox_uid: int | None,
+    timeout_s: float,
+    limits: _Limits,
+    stdin: str | None,
+    env: Mapping[str, str] | None,
+    max_output_chars: int,
+) -> SandboxResult:
+    """Run ``program`` in ``workdir`` under the chosen layers; ``root`` (ours) holds its streams."""
+    if sandbox_uid is not None:
+        _hand_over(workdir, sandbox_uid)
     inside = WORKDIR_INSIDE if chosen == "bwrap" else str(workdir)
     # bubblewrap (as root it needs its privileges for the mounts), then limits and the uid switch,
-    # then Python. No preexec_fn: Popen can then vfork, which stays cheap however big the harness is.
-    command = _launch_prefix(limits, sandbox_uid) + [interpreter, "-B", "-E", "-s", entry, *args]
+    # then the program. No preexec_fn: Popen can then vfork, which stays cheap however big the harness is.
+    command = _launch_prefix(limits, sandbox_uid) + list(program)
     if chosen == "bwrap":
-        command = _bwrap_prefix(workdir, interpreter, sandbox_uid) + command
+        command = _bwrap_prefix(workdir, program[0], sandbox_uid) + command
     child_env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": inside,
@@ -496,6 +573,19 @@ def _check_files(code_files: dict[str, str], entry: str) -> None:
             raise ValueError(f"sandbox file name {name!r} must be a relative path inside the work directory")
     if entry not in code_files:
         raise ValueError(f"sandbox entry {entry!r} is not among the files given ({sorted(code_files)})")
+
+
+def _hand_over(workdir: Path, uid: int) -> None:
+    """Give the throw-away uid the work directory's tree, without following any symlink in it.
+
+    A previous run may have left links to files outside (``ln -s /etc/passwd x``): chown on the
+    link itself, and a walk that never descends through one, keeps those targets ours.
+    """
+    os.chown(workdir, uid, uid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(workdir):
+        for name in (*dirs, *files):
+            with suppress(FileNotFoundError):
+                os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
 
 
 @contextmanager

@@ -45,6 +45,7 @@ class Session:
         *,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Response:
         """Append ``messages`` to the conversation, send it whole, record and return the reply."""
         if messages:
@@ -53,6 +54,7 @@ class Session:
             messages=[dict(m) for m in self.conversation],
             tools=tools,
             tool_choice=tool_choice,
+            response_format=response_format,
             sampling=self.sampling.model_dump(exclude_none=True),
         )
         response = await self._chat(request)

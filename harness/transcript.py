@@ -56,6 +56,8 @@ class Request(BaseModel):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # OpenAI-style structured output (``{"type": "json_schema", ...}``): the decoder must follow it.
+    response_format: dict[str, Any] | None = None
     sampling: dict[str, Any] = Field(default_factory=dict)
 
 

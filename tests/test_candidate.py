@@ -329,3 +329,20 @@ def test_loop_runs_once_then_reuses_and_resumes(tmp_path: Path, scripted_model: 
     now = _server_logs(out)
     assert [name for name in now if now[name] != logs[name]] == [str((run_dir / "server.log").relative_to(out))]
     assert third.rows[1].verdict == "Inconclusive"
+
+    # Where the base does not fit, the plan names a stored baseline instead: the base is never served.
+    from bench.compare.baselines import save_baseline
+
+    stored = save_baseline(Path(base_row.run_dir or ""), "tiny-base", baselines_dir=tmp_path / "baselines")
+    write_plan(tmp_path, tiny_plan(baseline=str(stored)))
+    before = _server_logs(out)
+    fourth = loop()
+    assert fourth.steps.launches == 0 and _server_logs(out) == before
+    assert (fourth.steps.ran, fourth.steps.cached) == (1, 3)  # only the gate, now against the stored baseline
+    assert any(line == f"baseline: stored baseline {stored.resolve()} (the base is not served)" for line in lines)
+    assert fourth.rows[0].run_dir == str(stored.resolve()) and fourth.rows[0].scores == {"smoke": 1.0}
+    assert fourth.rows[1].verdict == "Inconclusive" and (out / "report.html").is_file()
+    # A stored baseline that ran other packs is refused before anything is pruned or served.
+    write_plan(tmp_path, tiny_plan(baseline=str(stored), **{"evaluate.packs": "smoke,mmlu"}))
+    with pytest.raises(UserError, match="did not run pack\\(s\\) mmlu"):
+        loop()

@@ -316,6 +316,10 @@ def test_subdimension_lost_to_truncation_is_warned_not_skipped(runs: dict[str, P
     assert any(w.startswith("toolcall/restraint: the baseline scored 40 items, the candidate none") for w in result.warnings)
     # The truncated replies count as zeros in the pack score, so the overall drop is still judged.
     assert result.verdict == "FailToolcall"
+    # ... and the gate names the cut-off rate difference as a difference in what was measured.
+    cut = [w for w in result.warnings if w.startswith("toolcall: replies cut off at max_tokens")]
+    assert len(cut) == 1 and "baseline 0% vs candidate " in cut[0] and "not only in skill" in cut[0]
+    assert not any(w.startswith("mmlu: replies cut off") for w in result.warnings)
 
 
 def test_subdimension_never_asked_is_warned_as_not_asked(runs: dict[str, Path], tmp_path: Path) -> None:

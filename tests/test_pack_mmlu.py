@@ -131,6 +131,46 @@ def test_unparseable_replies_find_nothing(text: str) -> None:
     assert extract_letter(text, ["Paris", "London", "Berlin", "Rome"]) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "letter", "rule"),
+    [
+        ("\\boxed{C}", "C", "boxed"),
+        ("Weighing it all, the final answer is $\\boxed{\\text{B}}$.", "B", "boxed"),
+        ("\\boxed{(d)}", "D", "boxed"),
+        ("<think>\\boxed{A}</think>\n\\boxed{B}", "B", "boxed"),
+        ("(a)", "A", "bare_letter"),
+        ("[b]", "B", "bare_letter"),
+        ("The answer is (c).", "C", "answer_statement"),
+        ("Answer: (b) London", "B", "answer_statement"),
+        ("**Answer: D**", "D", "answer_statement"),
+        ("Answer: (C) Paris", "C", "answer_statement"),  # the letter decides, not the text after it
+        ("The answer is not B. It is A.", "A", "answer_statement"),
+        ("It isn't (B), so it's D.", "D", "answer_statement"),
+        ("It isn\u2019t (B), so it\u2019s D.", "D", "answer_statement"),  # typographic apostrophes
+        ("The answer is B... no, wait. It must be C.", "C", "answer_statement"),
+        ("Not (B); I pick (D).", "D", "parenthesized"),
+    ],
+)
+def test_more_reply_styles(text: str, letter: str, rule: str) -> None:
+    found = extract_letter(text, ["Paris", "London", "Berlin", "Rome"])
+    assert found is not None
+    assert (found.letter, found.rule) == (letter, rule)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is not B.",  # a letter ruled out is not an answer
+        "It is not (C).",
+        "\\boxed{A} or maybe \\boxed{B}",  # two different final answers: refused, not guessed
+        "It is A good question, and hard.",  # the article "A", not an option
+        "(a) the capital is old; (b) it is large.",  # lower-case enumeration, nothing chosen
+    ],
+)
+def test_negated_and_conflicting_letters_are_not_picked(text: str) -> None:
+    assert extract_letter(text, ["Paris", "London", "Berlin", "Rome"]) is None
+
+
 def test_option_text_prefers_the_longest_matching_option() -> None:
     found = extract_letter("True, True", ["True, True", "False, False", "True, False", "False, True"])
     assert found is not None and found.letter == "A"

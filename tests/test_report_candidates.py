@@ -178,6 +178,7 @@ def test_a_run_keeps_its_heatmap_after_the_checkpoint_is_gone(tmp_path: Path) ->
 
 def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.run import evaluation
+    from bench.run.budgets import ModelFacts
     from bench.run.options import EvalOptions
 
     class Stop(Exception):
@@ -188,6 +189,7 @@ def test_bench_run_copies_the_checkpoint_pruning_record(tmp_path: Path, monkeypa
 
     checkpoint = write_pruning(tmp_path / "ckpt").parent
     monkeypatch.setattr(evaluation, "_precheck", lambda options: None)
+    monkeypatch.setattr(evaluation, "model_facts", lambda options: (ModelFacts(), None))  # no config.json here
     monkeypatch.setattr(evaluation, "_connect", stop)  # nothing is served or asked: only the run directory is made
     options = evaluation.RunOptions(model=str(checkpoint), runs_dir=str(tmp_path / "runs"), run_id="r",
                                     evaluate=EvalOptions(packs="smoke"))

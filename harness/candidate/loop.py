@@ -125,8 +125,10 @@ class Loop:
         options = PruneOptions(
             keep=candidate.keep, criterion=spec.criterion, selection=spec.selection, renormalize=spec.renormalize,
             propagate=spec.propagate, seed=spec.seed if spec.seed is not None else mix.seed, device=spec.device,
+            score_gates=mix.score_gates,
         )
-        result = prune_checkpoint(self.prepared.base, staging, mix, options, progress=lambda line: self.echo(f"    {line}"))
+        result = prune_checkpoint(self.prepared.base, staging, mix, options, allow_stacked=spec.allow_stacked,
+                                  progress=lambda line: self.echo(f"    {line}"))
         os.replace(staging, folder / MODEL_DIR)
         self.echo(f"    {result.summary().replace(str(staging), str(folder / MODEL_DIR))}")
         return self._finish(step, started, {
@@ -184,7 +186,7 @@ class Loop:
             stale = folder / step.label
             if stale.exists():  # killed before its manifest was written: nothing worth keeping
                 shutil.rmtree(stale)
-        self.log.launches += 1
+        self.log.launches += 0 if options.endpoints else 1
         outcome = execute(options, resume_dir=run_dir, show_progress=self.show_progress,
                           echo=lambda line: self.echo(f"    {line}"))
         if not outcome.results.complete:
@@ -215,7 +217,9 @@ class Loop:
     # ------------------------------------------------------------------------------------------
     # the whole loop
 
-    def candidate(self, candidate: Candidate, base_run: Path) -> CandidateOutcome:
+    def candidate(self, candidate: Candidate, base_run: Path | None) -> CandidateOutcome:
+        if candidate.load_problem is not None:  # vLLM would refuse it: stop before pruning, let alone serving
+            raise UserError(candidate.load_problem)
         outcome = CandidateOutcome(candidate.label)
         pruned = self.prune(candidate)
         outcome.prune = pruned.outputs
@@ -227,6 +231,7 @@ class Loop:
         outcome.checkpoint = model
         run = self.run(candidate.run, model)
         outcome.run_dir = self.store.path(candidate.run.key) / run.outputs["run_dir"]
+        assert base_run is not None
         self.gate(candidate.gate, base_run, outcome.run_dir)
         outcome.gate_json = self.store.path(candidate.gate.key) / "gate.json"
         return outcome
@@ -246,8 +251,12 @@ class Loop:
         prepared = self.prepared
         self.check_calibration()
         base = CandidateOutcome("base", checkpoint=prepared.base)
-        done = self.run(prepared.base_run, prepared.base)
-        base.run_dir = self.store.path(prepared.base_run.key) / done.outputs["run_dir"]
+        self.echo(f"baseline: {prepared.baseline.describe()}")
+        if prepared.base_run is None:
+            base.run_dir = prepared.baseline.run_dir
+        else:
+            done = self.run(prepared.base_run, prepared.base)
+            base.run_dir = self.store.path(prepared.base_run.key) / done.outputs["run_dir"]
         outcomes = []
         for candidate in prepared.candidates:
             try:

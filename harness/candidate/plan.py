@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +56,15 @@ class PruneSpec(BaseModel):
     samples: int | None = Field(default=None, gt=0, description="override every mix's sample count")
     seq_len: int | None = Field(default=None, gt=0, description="override every mix's sequence length")
     seed: int | None = Field(default=None, description="seed for sampling and random pruning; null keeps each mix's")
+    general_share: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=list, description="sweep the share of general-text samples (C4, MMLU, datasets marked "
+        "general): each mix once per share, e.g. [0.3, 0.5]; empty keeps each mix's own",
+    )
     device: str = Field(default="cpu", description="torch device for scoring (cpu, cuda); not part of the cache key")
+    allow_stacked: bool = Field(
+        default=False, description="prune a base that was pruned before (stacking can lose most of the first "
+        "calibration's gains); not part of the cache key",
+    )
 
 
 class QuantizeSpec(BaseModel):
@@ -92,6 +100,15 @@ class Plan(BaseModel):
     prune: PruneSpec
     quantize: bool | QuantizeSpec | None = Field(default=None, description="true (defaults), a mapping, or false/null: none")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    baseline: str | None = Field(
+        default=None,
+        description="what candidates are gated against, so the base need not be served here: a stored baseline's "
+        "name (bench baseline save), a run directory (relative to the plan), or the URL of an endpoint serving the "
+        "base; null: serve the base checkpoint here",
+    )
+    baseline_model: str | None = Field(
+        default=None, description="with an endpoint baseline: the name it serves the base under (default: its first)"
+    )
     gate: str | dict[str, Any] = Field(
         default="default",
         description="gate spec: a YAML/JSON path (relative to the plan), a name in baselines/, or inline",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import registry
+from bench.candidate.baseline_source import BaselineSource, resolve_baseline
 from bench.candidate.cache import Step
 from bench.candidate.keys import FileDigests, step_key
 from bench.candidate.plan import Plan
@@ -48,6 +49,7 @@ class Candidate:
     quantize: Step | None
     run: Step
     gate: Step
+    load_problem: str | None = None  # why vLLM would refuse it at the plan's parallel sizes: stopped before pruning
 
     @property
     def checkpoint_step(self) -> Step:
@@ -73,12 +75,13 @@ class Prepared:
     gate_source: str
     serve: ServeOptions  # the plan's vllm: with the interpreter and chat template resolved
     vllm_version: str | None
-    base_run: Step
+    base_run: Step | None  # None: a stored baseline stands for the base, nothing runs it
     candidates: list[Candidate]
+    baseline: BaselineSource = BaselineSource("served")
 
     def steps(self) -> list[Step]:
         """Every step in the order the loop runs them."""
-        out = [self.base_run]
+        out = [self.base_run] if self.base_run is not None else []
         for candidate in self.candidates:
             out += [s for s in (candidate.prune, candidate.quantize, candidate.run, candidate.gate) if s is not None]
         return out
@@ -86,6 +89,13 @@ class Prepared:
     def run_options(self, step: Step, model_dir: Path, runs_dir: Path) -> RunOptions:
         """The options of one pack run; the run directory is ``runs_dir/<label>``."""
         evaluate = EvalOptions.model_validate(self.plan.evaluate.model_dump())
+        if step is self.base_run and self.baseline.kind == "endpoint":
+            assert self.baseline.url is not None
+            return RunOptions(
+                endpoints=[self.baseline.url], served_model_name=self.baseline.model, serve=self.serve,
+                evaluate=evaluate.model_copy(update={"packs": ",".join(self.packs)}),
+                runs_dir=str(runs_dir), run_id=step.label,
+            )
         return RunOptions(
             model=str(model_dir), served_model_name=step.label, serve=self.serve,
             evaluate=evaluate.model_copy(update={"packs": ",".join(self.packs)}),
@@ -221,17 +231,28 @@ def prepare(
     """
     from bench.engine.planning.calibration import load_mix
     from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.fp8_source import block_fp8
+    from bench.engine.planning.lineage import refuse_stacked
     from bench.engine.planning.moe import resolve
+    from bench.engine.planning.parallelism import candidate_layout, expert_layout, load_problem, parse_parallel_sizes
     from bench.serve.launch import resolve_vllm_python
 
     digests = digests or FileDigests()
     base = base.expanduser().resolve()
     checkpoint = Checkpoint.open(base)
-    if checkpoint.config.get("quantization_config"):
-        raise UserError(f"{base} is quantized: give the bf16 base checkpoint (the loop prunes, then quantizes)")
+    base_fp8 = block_fp8(checkpoint)  # a bf16 or block-FP8 base; any other quantization stops here
+    if base_fp8 is not None and plan.quantize_spec is not None:
+        raise UserError(f"{base} is {base_fp8.describe()} already: pruning keeps its FP8 weights as they are, "
+                        "so drop quantize: from the plan")
+    if not plan.prune.allow_stacked:
+        refuse_stacked(base)
     moe = resolve(checkpoint)
     precision = _experts_precision(plan)
     keeps = _keep_counts(plan, base, moe, precision)
+    sizes = parse_parallel_sizes(plan.vllm.args)
+    base_layout = expert_layout(checkpoint, moe)
+    if (problem := load_problem(base_layout, sizes)) is not None:
+        raise UserError(f"the base cannot be served with vllm.args {plan.vllm.args}: {problem}")
 
     if data_dir is None and plan.data_dir:
         data_dir = _relative(plan_path, plan.data_dir)
@@ -239,17 +260,20 @@ def prepare(
     mixes: dict[str, Any] = {}
     for spec in prune.mixes:
         local = _relative(plan_path, spec)
-        mix = load_mix(local if local.is_file() else spec, data_dir=data_dir, samples=prune.samples,
-                       seq_len=prune.seq_len, seed=prune.seed)
-        name, suffix = _safe(mix.name), 2
-        while name in mixes:
-            name, suffix = f"{_safe(mix.name)}-{suffix}", suffix + 1
-        mixes[name] = mix
+        loaded = load_mix(local if local.is_file() else spec, data_dir=data_dir, samples=prune.samples,
+                          seq_len=prune.seq_len, seed=prune.seed)
+        for mix in [loaded.with_general_share(share) for share in prune.general_share] or [loaded]:
+            name, suffix = _safe(mix.name), 2
+            while name in mixes:
+                name, suffix = f"{_safe(mix.name)}-{suffix}", suffix + 1
+            mixes[name] = mix
 
     packs = registry.resolve(plan.evaluate.packs)
     pack_identity = _pack_identity(plan, packs)
     gate_spec, gate_source = resolve_gate(plan.gate, plan_path)
     _check_gate_covers(gate_spec, packs, gate_source)
+    baseline = resolve_baseline(plan.baseline, plan.baseline_model, plan_path, packs, plan.evaluate.tier,
+                                plan.evaluate.limit, plan.evaluate.repeats)
     python = resolve_vllm_python(vllm_python or plan.vllm.python)
     version = installed_vllm_version(python)
     template = _relative(plan_path, plan.vllm.chat_template) if plan.vllm.chat_template else None
@@ -261,7 +285,7 @@ def prepare(
     evaluation = {
         "packs": pack_identity,
         **plan.evaluate.model_dump(include={"tier", "limit", "repeats", "seed", "temperature", "max_tokens",
-                                            "no_thinking"}),
+                                            "no_thinking", "thinking_budget", "pack_sampling"}),
     }
     serving = {
         "vllm_version": version,
@@ -273,7 +297,14 @@ def prepare(
         inputs = {"checkpoint": checkpoint_key, "evaluate": evaluation, "serve": serving}
         return Step("run", step_key("run", inputs), label, inputs, upstream)
 
-    base_run = run_step(BASE_LABEL, base_fingerprint, ())
+    base_run: Step | None = None
+    if baseline.kind == "served":
+        base_run = run_step(BASE_LABEL, base_fingerprint, ())
+    elif baseline.kind == "endpoint":
+        inputs = {"endpoint": baseline.url, "model": baseline.model, "evaluate": evaluation}
+        base_run = Step("run", step_key("run", inputs), BASE_LABEL, inputs)
+    baseline_key = base_run.key if base_run is not None else step_key(
+        "baseline", {"stored": [digests.digest(path) for path in baseline.files()]})
     quant = plan.quantize_spec
     candidates = []
     for mix_name, mix in mixes.items():
@@ -292,15 +323,20 @@ def prepare(
                 quant_step = Step("quantize", step_key("quantize", quant_inputs), label, quant_inputs, (prune_step.key,))
             made_by = quant_step or prune_step
             run = run_step(label, made_by.key, (made_by.key,))
-            gate_inputs = {"baseline": base_run.key, "candidate": run.key,
+            gate_inputs = {"baseline": baseline_key, "candidate": run.key,
                            "spec": gate_spec.model_dump(mode="json")}
-            gate = Step("gate", step_key("gate", gate_inputs), label, gate_inputs, (base_run.key, run.key))
-            candidates.append(Candidate(label, mix_name, keep, ", ".join(origins), prune_step, quant_step, run, gate))
+            upstream = (base_run.key, run.key) if base_run is not None else (run.key,)
+            gate = Step("gate", step_key("gate", gate_inputs), label, gate_inputs, upstream)
+            planned = candidate_layout(base_layout, moe, keep=keep, unfused=quant_step is not None,
+                                       block=(quant.block, quant.block) if quant_step and quant and quant.block
+                                       and precision == "fp8" else None)
+            candidates.append(Candidate(label, mix_name, keep, ", ".join(origins), prune_step, quant_step, run, gate,
+                                        load_problem(planned, sizes)))
 
     digests.save()
     return Prepared(
         plan=plan, plan_path=plan_path, name=plan.name or plan_path.stem, base=base,
         base_fingerprint=base_fingerprint, family=moe.family.name, n_experts=moe.n_experts, top_k=moe.top_k,
         mixes=mixes, experts_precision=precision, packs=packs, gate_spec=gate_spec, gate_source=gate_source,
-        serve=serve, vllm_version=version, base_run=base_run, candidates=candidates,
+        serve=serve, vllm_version=version, base_run=base_run, candidates=candidates, baseline=baseline,
     )

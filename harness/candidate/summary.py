@@ -37,6 +37,7 @@ class Steps(BaseModel):
     cached: int
     resumed: int
     failed: list[str]
+    launches: int = 0  # vLLM servers started (a stored or endpoint baseline starts none for the base)
 
 
 class Summary(BaseModel):
@@ -132,7 +133,8 @@ def build_summary(prepared: Prepared, out: Path, base: CandidateOutcome, outcome
         name=prepared.name, plan=str(prepared.plan_path), base=str(prepared.base), out=str(out),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), bench_version=__version__,
         packs=prepared.packs, gate_spec=prepared.gate_source, rows=rows, pareto=front,
-        steps=Steps(ran=len(log.ran), cached=len(log.cached), resumed=len(log.resumed), failed=log.failed),
+        steps=Steps(ran=len(log.ran), cached=len(log.cached), resumed=len(log.resumed), failed=log.failed,
+                    launches=log.launches),
     )
 
 

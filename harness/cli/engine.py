@@ -85,7 +85,15 @@ def register(app: typer.Typer) -> None:
         selection: Annotated[str, typer.Option("--selection", help="per-layer | global")] = "per-layer",
         renormalize: Annotated[
             bool | None,
-            typer.Option("--renormalize/--no-renormalize", help="renormalize top-k router weights after pruning"),
+            typer.Option("--renormalize/--no-renormalize",
+                         help="the pruned config's router switch (norm_topk_prob): renormalize top-k weights when "
+                         "served; how scoring weighs experts is --score-gates"),
+        ] = None,
+        score_gates: Annotated[
+            str | None,
+            typer.Option("--score-gates", help="router | renormalized | raw: the gate weight each expert's output "
+                         "norm is scored with (raw: softmax over all experts, REAP's renormalization off); "
+                         "default: the mix's, else router"),
         ] = None,
         unpruned_inputs: Annotated[
             bool,
@@ -101,22 +109,41 @@ def register(app: typer.Typer) -> None:
         preflight_only: Annotated[
             bool, typer.Option("--preflight-only", help="check the calibration mix and estimate cost, then stop")
         ] = False,
+        estimate_only: Annotated[
+            bool, typer.Option("--estimate-only", help="estimate time, RAM, scratch disk and device memory from the "
+                               "mix's declared counts and the checkpoint's headers (no data read), then stop")
+        ] = False,
+        scratch_dir: Annotated[
+            Path | None, typer.Option("--scratch-dir", help="where scoring keeps the hidden states between layers "
+                                      "(default: the system's temporary folder)")
+        ] = None,
+        allow_stacked: Annotated[
+            bool, typer.Option("--allow-stacked", help="prune a checkpoint that was already pruned (its lineage is "
+                               "recorded; stacking can lose most of the first calibration's gains)")
+        ] = False,
     ) -> None:
         """REAP expert pruning: score experts on calibration text layer by layer, keep the best, write a checkpoint."""
         _require_engine()
         from bench.engine.compute.prune import prune_checkpoint
-        from bench.engine.planning.calibration import load_mix, preflight, render_preflight
+        from bench.engine.planning.calibration import PREFLIGHT_ROWS, load_mix, preflight, render_preflight
         from bench.engine.planning.prune_plan import PruneOptions
 
+        if not allow_stacked:  # before the calibration preflight, which reads and tokenizes the mix
+            from bench.engine.planning.lineage import refuse_stacked
+
+            refuse_stacked(model)
         mix = load_mix(calibration, data_dir=data_dir, samples=samples, seq_len=seq_len, seed=seed)
-        report = preflight(mix, model)
-        print(render_preflight(report))
-        if preflight_only:
-            return
         options = PruneOptions(
             compression=compression, keep=keep, criterion=criterion, selection=selection,
             renormalize=renormalize, propagate="unpruned" if unpruned_inputs else "pruned", seed=seed,
-            device=device,
+            device=device, score_gates=score_gates or mix.score_gates,
+            scratch_dir=str(scratch_dir) if scratch_dir else None,
         )
-        result = prune_checkpoint(model, out, mix, options, progress=print)
+        options.validate()  # a mistyped option fails before the preflight reads any data
+        report = preflight(mix, model, rows=0 if estimate_only else PREFLIGHT_ROWS, device=device,
+                           scratch_dir=scratch_dir)
+        print(render_preflight(report))
+        if preflight_only or estimate_only:
+            return
+        result = prune_checkpoint(model, out, mix, options, allow_stacked=allow_stacked, progress=print)
         print(result.summary())

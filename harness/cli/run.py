@@ -29,7 +29,8 @@ SERVE_FLAGS = {
 EVAL_FLAGS = {
     "--packs": "packs", "--pack-option": "pack_options", "--tier": "tier", "--limit": "limit", "--repeats": "repeats",
     "--seed": "seed", "--concurrency": "concurrency", "--temperature": "temperature", "--max-tokens": "max_tokens",
-    "--no-thinking": "no_thinking", "--request-timeout": "request_timeout_s",
+    "--no-thinking": "no_thinking", "--request-timeout": "request_timeout_s", "--thinking-budget": "thinking_budget",
+    "--sampling": "pack_sampling",
 }
 RUN_FLAGS = {"--model": "model", "--endpoint": "endpoints", "--served-model-name": "served_model_name",
              "--runs-dir": "runs_dir", "--run-id": "run_id"}
@@ -55,7 +56,7 @@ def _run(flag: str, **extra: Any) -> Any:
 # The serving flags, shared by `bench run` and `bench serve`.
 VllmPythonOpt = Annotated[str | None, _serve("--vllm-python", envvar="BENCH_VLLM_PYTHON")]
 PortOpt = Annotated[int | None, _serve("--port")]
-MaxLenOpt = Annotated[int, _serve("--max-model-len")]
+MaxLenOpt = Annotated[str, _serve("--max-model-len")]
 TemplateOpt = Annotated[Path | None, _serve("--chat-template")]
 ReasoningOpt = Annotated[str, _serve("--reasoning-parser")]
 ToolParserOpt = Annotated[str, _serve("--tool-call-parser")]
@@ -77,7 +78,7 @@ def checked(model: type[M], values: dict[str, Any], flags: dict[str, str]) -> M:
         raise UserError(f"{flag} {value!r}: {error['msg'].lower()}" if value is not None else f"{flag}: {error['msg'].lower()}") from exc
 
 
-def serve_options(*, vllm_python: str | None, port: int | None, max_model_len: int, chat_template: Path | None,
+def serve_options(*, vllm_python: str | None, port: int | None, max_model_len: str | int, chat_template: Path | None,
                   reasoning_parser: str, tool_call_parser: str, vllm_arg: list[str] | None,
                   startup_timeout: float) -> ServeOptions:
     """The serving flags of `bench run` and `bench serve` as :class:`ServeOptions`."""
@@ -135,6 +136,29 @@ def parse_pack_options(raw: list[str], shots: int | None) -> dict[str, dict[str,
     return out
 
 
+def parse_pack_sampling(raw: list[str]) -> dict[str, dict[str, float | int | bool]]:
+    """``mmlu.temperature=0`` strings -> {"mmlu": {"temperature": 0}}; a malformed one is a one-line error."""
+    out: dict[str, dict[str, float | int | bool]] = {}
+    for entry in raw:
+        target, sep, text = entry.partition("=")
+        pack, dot, key = target.partition(".")
+        if not (sep and dot and pack and key):
+            raise UserError(f"--sampling {entry!r} must look like PACK.KEY=VALUE, e.g. mmlu.temperature=0")
+        value: float | int | bool
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise UserError(f"--sampling {entry!r}: {text!r} is not a number or true/false") from None
+        out.setdefault(pack, {})[key] = value
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
@@ -146,10 +170,14 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, _eval("--limit")] = _EVAL.limit,
         repeats: Annotated[int, _eval("--repeats")] = _EVAL.repeats,
         seed: Annotated[int, _eval("--seed")] = _EVAL.seed,
-        concurrency: Annotated[int, _eval("--concurrency")] = _EVAL.concurrency,
+        concurrency: Annotated[str, _eval("--concurrency")] = str(_EVAL.concurrency),
         temperature: Annotated[float | None, _eval("--temperature")] = _EVAL.temperature,
         max_tokens: Annotated[int | None, _eval("--max-tokens")] = _EVAL.max_tokens,
         no_thinking: Annotated[bool, _eval("--no-thinking")] = _EVAL.no_thinking,
+        thinking_budget: Annotated[int | None, _eval("--thinking-budget")] = _EVAL.thinking_budget,
+        sampling: Annotated[list[str] | None, _eval(
+            "--sampling", help="PACK.KEY=VALUE sampling for one pack (repeatable), e.g. mmlu.temperature=0; keys: "
+            "temperature, top_p, top_k, max_tokens, thinking, thinking_budget.")] = None,
         pack_option: Annotated[list[str] | None, _eval(
             "--pack-option", help="PACK.KEY=VALUE passed to a pack (repeatable), e.g. mmlu.shots=5.")] = None,
         shots: Annotated[int | None, typer.Option(
@@ -158,7 +186,7 @@ def register(app: typer.Typer) -> None:
         served_model_name: ServedNameOpt = _RUN.served_model_name,
         vllm_python: VllmPythonOpt = _SERVE.python,
         port: PortOpt = _SERVE.port,
-        max_model_len: MaxLenOpt = _SERVE.max_model_len,
+        max_model_len: MaxLenOpt = str(_SERVE.max_model_len),
         chat_template: TemplateOpt = None,
         reasoning_parser: ReasoningOpt = _SERVE.reasoning_parser,
         tool_call_parser: ToolParserOpt = _SERVE.tool_call_parser,
@@ -188,6 +216,7 @@ def register(app: typer.Typer) -> None:
                 "packs": packs, "pack_options": parse_pack_options(pack_option or [], shots), "tier": tier,
                 "limit": limit, "repeats": repeats, "seed": seed, "concurrency": concurrency,
                 "temperature": temperature, "max_tokens": max_tokens, "no_thinking": no_thinking,
+                "thinking_budget": thinking_budget, "pack_sampling": parse_pack_sampling(sampling or []),
                 "request_timeout_s": request_timeout,
             }, EVAL_FLAGS)
             options = checked(RunOptions, {
@@ -219,7 +248,7 @@ def register(app: typer.Typer) -> None:
         served_model_name: ServedNameOpt = _RUN.served_model_name,
         vllm_python: VllmPythonOpt = _SERVE.python,
         port: PortOpt = _SERVE.port,
-        max_model_len: MaxLenOpt = _SERVE.max_model_len,
+        max_model_len: MaxLenOpt = str(_SERVE.max_model_len),
         chat_template: TemplateOpt = None,
         reasoning_parser: ReasoningOpt = _SERVE.reasoning_parser,
         tool_call_parser: ToolParserOpt = _SERVE.tool_call_parser,
@@ -256,12 +285,28 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"vLLM exited with code {server.process.returncode}; see {log}")
 
     @app.command("packs")
-    def packs_cmd() -> None:
-        """List the registered packs: name, version, items per tier, subdimensions."""
+    def packs_cmd(
+        discrimination: Annotated[bool, typer.Option(
+            "--discrimination", help="Over the RUN directories given: per pack, the items whose outcome never "
+            "changed (always passed, always failed) and the share that did.")] = False,
+        runs: Annotated[list[Path] | None, typer.Argument(
+            help="Run directories (with --discrimination).", metavar="RUN", show_default=False)] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="With --discrimination: print JSON.")] = False,
+    ) -> None:
+        """List the registered packs: name, version, items per tier, subdimensions; or, with
+        --discrimination RUN [RUN ...], which items can still tell models apart."""
         from rich.console import Console
         from rich.table import Table
 
         from bench import registry
+
+        if runs and not discrimination:
+            raise UserError("run directories are read only with --discrimination: bench packs --discrimination RUN [RUN ...]")
+        if as_json and not discrimination:
+            raise UserError("--json goes with --discrimination: bench packs --discrimination --json RUN [RUN ...]")
+        if discrimination:
+            _print_discrimination(runs or [], as_json)
+            return
 
         table = Table()
         for column in ("pack", "version", "full", "quick", "subdimensions", "description"):
@@ -302,6 +347,35 @@ def register(app: typer.Typer) -> None:
         started = time.monotonic()
         path = builders[kind](out)
         print(f"{kind} checkpoint at {path} ({time.monotonic() - started:.1f} s)")
+
+
+def _print_discrimination(paths: list[Path], as_json: bool) -> None:
+    """`bench packs --discrimination`: one row per pack, then each pack's frozen items by id."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bench.compare.discrimination import discrimination
+    from bench.compare.rundata import load_run
+
+    if not paths:
+        raise UserError("--discrimination needs run directories: bench packs --discrimination RUN [RUN ...]")
+    found = discrimination([load_run(path) for path in paths])
+    if as_json:
+        print(found.model_dump_json(indent=2))
+        return
+    console = Console(highlight=False, width=max(Console().width, 110))
+    table = Table(title=f"discrimination over {len(paths)} run{'s' if len(paths) != 1 else ''}")
+    for column in ("pack", "items", "trials/item", "changed", "always passed", "always failed", "not in every run"):
+        table.add_column(column, no_wrap=True)
+    for pack in found.packs:
+        share = f" ({pack.changed_share:.0%})" if pack.changed_share is not None else ""
+        table.add_row(escape(pack.pack), str(pack.items), str(pack.observations), f"{pack.changed}{share}",
+                      str(len(pack.always_passed)), str(len(pack.always_failed)), str(len(pack.not_in_every_run)))
+    console.print(table)
+    for pack in found.packs:
+        for line in pack.lines()[1:]:
+            console.print(escape(f"{pack.pack} {line.strip()}"), soft_wrap=True)
 
 
 def _write_report(run_dir: Path) -> None:

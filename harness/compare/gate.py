@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import stats as scipy_stats
 
 from bench import knowledge, stats
-from bench.compare.rundata import RunData
+from bench.compare.rundata import PASS_HAT_K, RunData
 from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
 from bench.errors import UserError
 from bench.records import Interval, Manifest, PackResult
@@ -50,7 +50,7 @@ class RuleOutcome(BaseModel):
     id: str  # e.g. "toolcall.score.drop", "toolcall.restraint.floor"
     pack: str
     subdimension: str | None
-    measure: str  # "score", "pass_rate" or the subdimension's name
+    measure: str  # "score", "pass_rate", "pass_hat_k" or the subdimension's name
     kind: Literal["floor", "drop", "collapse"]
     threshold: float  # collapse: the pack's chance level
     decision: Decision
@@ -162,6 +162,29 @@ def _difference_warning(diff: StackDifference) -> str:
     elif diff.setting.endswith(" version") or diff.setting.endswith(" data sha256"):
         why = " (different items or scoring)"
     return f"{diff.setting} differs: baseline {diff.baseline} vs candidate {diff.candidate}{why}"
+
+
+TRUNCATION_DIFFERENCE = 0.05
+
+
+def truncation_differences(baseline: RunData, candidate: RunData) -> list[str]:
+    """Packs whose share of replies cut off at max_tokens differs by 5 points or more between the runs.
+
+    A candidate that rambles past the budget where the base did not loses those items to the budget;
+    the gate says so as a difference in what was measured, next to (not instead of) the score change.
+    """
+    lines = []
+    for pack, cand in candidate.results.packs.items():
+        base = baseline.results.packs.get(pack)
+        if base is None or not base.health.responses or not cand.health.responses:
+            continue
+        base_rate = base.health.truncated / base.health.responses
+        cand_rate = cand.health.truncated / cand.health.responses
+        if abs(cand_rate - base_rate) >= TRUNCATION_DIFFERENCE:
+            lines.append(f"{pack}: replies cut off at max_tokens: baseline {base_rate:.0%} vs candidate {cand_rate:.0%}: "
+                         "a difference in what was measured (items lost to the token budget), not only in skill; "
+                         "rerun both with a larger --thinking-budget/--max-tokens to tell them apart")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +319,38 @@ def _measure_label(rule: _PlannedRule) -> str:
 def _candidate_interval(result: PackResult, rule: _PlannedRule) -> Interval | None:
     if rule.subdimension is not None:
         return result.subdimensions.get(rule.subdimension)
+    if rule.measure == PASS_HAT_K:
+        return result.passk.pass_hat_k if result.passk is not None else None
     return result.score if rule.measure == "score" else result.pass_rate
+
+
+def _trials(run: RunData, pack: str) -> int | None:
+    """The k a run asked each item of ``pack`` (from its records, else from results.json)."""
+    if run.has_items:
+        return run.trials_per_item(pack)
+    found = run.results.packs[pack].passk
+    return found.k if found is not None else None
+
+
+def _pass_hat_k_problem(rule: _PlannedRule, candidate: RunData, baseline: RunData) -> str | None:
+    """Why a pass^k rule cannot be judged: no pass^k in the results, or runs asked a different k.
+
+    pass^k of 3 trials and of 5 are different measures; pairing them would read a change of
+    --repeats as a change of the model.
+    """
+    label = f"{rule.pack} {PASS_HAT_K}"
+    if rule.kind == "floor":
+        if candidate.results.packs[rule.pack].passk is None:
+            return (f"{label}: candidate {candidate.run_id}'s results.json carries no pass^k (written by an older "
+                    f"bench): run bench rescore {candidate.path}")
+        return None
+    if rule.pack not in baseline.results.packs:
+        return None  # warned about with the other drop rules
+    base_k, cand_k = _trials(baseline, rule.pack), _trials(candidate, rule.pack)
+    if base_k != cand_k:
+        return (f"{label}: the baseline asked each item {base_k if base_k is not None else '?'} times, the candidate "
+                f"{cand_k if cand_k is not None else '?'}: pass^k pairs only runs with the same --repeats")
+    return None
 
 
 def _pct(confidence: float) -> str:
@@ -469,6 +523,12 @@ def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: st
     outcomes: list[RuleOutcome] = []
     skipped: list[str] = []
     for rule in planned:
+        if rule.measure == PASS_HAT_K and rule.subdimension is None:
+            problem = _pass_hat_k_problem(rule, candidate, baseline)
+            if problem is not None:
+                if problem not in invalid:
+                    invalid.append(problem)
+                continue
         if rule.kind == "floor":
             outcomes.append(_floor_outcome(rule, candidate, spec))
             continue
@@ -498,6 +558,7 @@ def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: st
     differences = stack_differences(baseline.manifest, candidate.manifest)
     warnings = [_difference_warning(diff) for diff in differences]
     warnings += _fingerprint_warnings(baseline, "baseline") + _fingerprint_warnings(candidate, "candidate")
+    warnings += truncation_differences(baseline, candidate)
     warnings += plan_warnings + skipped + _unpaired_warnings(outcomes)
     if ungated:
         warnings.append(f"ungated: no rule of the spec judges {', '.join(ungated)} (add them under packs:, or add defaults:)")

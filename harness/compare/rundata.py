@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bench import stats
+from bench import passk, stats
 from bench.errors import UserError
 from bench.pack import Score
 from bench.records import Flags, ItemRecord, Manifest, Results
@@ -29,7 +29,8 @@ from bench.run.store import ITEMS, RESULTS, EffectiveItems, RunStore, check_sche
 
 # An item whose request failed counts as a zero, as in results.json (bench.run.aggregate).
 UNSCORED_VALUE = 0.0
-OVERALL_MEASURES = ("score", "pass_rate")
+OVERALL_MEASURES = ("score", "pass_rate", "pass_hat_k")
+PASS_HAT_K = "pass_hat_k"  # per item: C(c, k) / C(n, k) of its k trials (bench.passk), not a trial mean
 
 
 class ScoredItem(BaseModel):
@@ -49,6 +50,8 @@ class ScoredItem(BaseModel):
 
     def value(self, measure: str) -> float | None:
         """The item's value for ``score``, ``pass_rate`` or a subdimension (None: not applicable)."""
+        if self.score is not None and self.score.status == "unmeasured":
+            return None  # not measured on this server: no value, not a zero (bench.pack.ScoreStatus)
         if measure == "score":
             return self.score.value if self.score else UNSCORED_VALUE
         if measure == "pass_rate":
@@ -81,9 +84,31 @@ class RunData:
     def pack_items(self, pack: str) -> list[ScoredItem]:
         return self._by_pack.get(pack, [])
 
+    def trials(self, pack: str) -> dict[str, list[bool | None]]:
+        """item id -> its trials' pass/fail in repeat order (None: the request failed, nothing scored)."""
+        found: dict[str, list[tuple[int, bool | None]]] = defaultdict(list)
+        for item in self.pack_items(pack):
+            scored = item.score is not None and item.error is None and item.score.status != "unmeasured"
+            found[item.item_id].append((item.repeat, item.score.passed if item.score and scored else None))
+        return {item_id: [outcome for _, outcome in sorted(pairs, key=lambda pair: pair[0])]
+                for item_id, pairs in found.items()}
+
+    def trials_per_item(self, pack: str) -> int:
+        """The pack's k: trials each item was asked (``--repeats``), as its records show it."""
+        return passk.trials_asked(item.repeat for item in self.pack_items(pack))
+
     def folded(self, pack: str, measure: str) -> stats.FoldedScores:
-        """Per-item values of one measure, repeats averaged (see :func:`bench.stats.fold_repeats`)."""
+        """Per-item values of one measure, repeats averaged (see :func:`bench.stats.fold_repeats`).
+
+        ``pass_hat_k`` is the exception: each item's k trials give one all-pass value (items with
+        fewer than k scored trials are left out), so pairing compares all-pass with all-pass.
+        """
         key = (pack, measure)
+        if measure == PASS_HAT_K and key not in self._folded_cache:
+            outcomes = {item_id: [t for t in trials if t is not None] for item_id, trials in self.trials(pack).items()}
+            values = passk.per_item(outcomes, self.trials_per_item(pack))
+            self._folded_cache[key] = stats.FoldedScores(
+                values=values, repeats={item_id: len(outcomes[item_id]) for item_id in values}, spread=None)
         if key not in self._folded_cache:
             pairs = ((item.item_id, item.value(measure)) for item in self.pack_items(pack))
             self._folded_cache[key] = stats.fold_repeats((i, v) for i, v in pairs if v is not None)

@@ -19,7 +19,9 @@ from bench.datafile import load_data_file
 from bench.errors import UserError
 
 Decision = Literal["point", "confident"]
-Metric = Literal["score", "pass_rate"]
+# pass_hat_k: the share of items whose k trials (--repeats k) all pass, paired item by item;
+# both runs must have asked every item the same k times.
+Metric = Literal["score", "pass_rate", "pass_hat_k"]
 VERDICT_PATTERN = r"^Fail[A-Z][A-Za-z0-9]*$"
 
 # Which capability a failing pack stands for, unless the spec says otherwise.
@@ -30,6 +32,10 @@ DEFAULT_VERDICTS: dict[str, str] = {
     "instructfollow": "FailAgentic",
     "code": "FailCode",
     "mmlu": "FailKnowledge",
+    "agent": "FailAgentic",
+    "cli": "FailAgentic",
+    "reasonmath": "FailReasoning",
+    "structout": "FailStructured",
 }
 FALLBACK_VERDICT = "Fail"
 
@@ -49,7 +55,11 @@ class Thresholds(BaseModel):
 class PackRules(Thresholds):
     """Rules for one pack: its overall measure, and its subdimensions."""
 
-    metric: Metric = Field("score", description="overall measure: mean score or pass rate")
+    metric: Metric = Field(
+        "score",
+        description="overall measure: mean score, pass rate, or pass_hat_k (share of items whose k trials "
+        "all pass; both runs need the same --repeats k)",
+    )
     required: bool = Field(
         False, description="the candidate must contain this pack even when the baseline lacks it too"
     )

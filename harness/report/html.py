@@ -26,11 +26,12 @@ from markupsafe import Markup
 from pandas.io.formats.style import Styler
 
 from bench import __version__ as bench_version
-from bench import knowledge, stats
+from bench import knowledge, passk, stats
+from bench.compare.discrimination import discrimination
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
-from bench.compare.rundata import RunData, load_run
+from bench.compare.rundata import PASS_HAT_K, RunData, load_run
 from bench.errors import UserError
-from bench.records import Interval, ItemRecord, PackResult
+from bench.records import Interval, ItemRecord, PackResult, PassK
 from bench.report import charts
 from bench.report.candidates import (
     CandidateTable,
@@ -144,6 +145,9 @@ def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataF
                 row[column], css[column] = _fmt_delta(comparison, fallback)
             rows[(pack, label)] = row
             classes[(pack, label)] = css
+        found = _pass_hat_k_row(runs, labels, pack)
+        if found is not None:
+            rows[(pack, "pass^k")], classes[(pack, "pass^k")] = found
         moved = {label: movement(reference, run, pack) for run, label in zip(runs[1:], labels[1:], strict=True)}
         if any(moved.values()):
             rows[(pack, "answers")] = {label: "" for label in labels} | {f"Δ {label}": text for label, text in moved.items()}
@@ -160,6 +164,34 @@ def pack_table(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[pd.DataF
     class_frame = pd.DataFrame.from_dict(classes, orient="index").reindex(index=list(rows))
     class_frame.index = frame.index
     return frame, class_frame
+
+
+def _pass_hat_k_row(runs: Sequence[RunData], labels: Sequence[str], pack: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """pass^k per run and its paired change, for a pack some run asked more than once per item.
+
+    Runs with a different k are not compared: pass^3 and pass^5 are different measures.
+    """
+    found = [run.results.packs[pack].passk if pack in run.results.packs else None for run in runs]
+    if not any(entry is not None and entry.k > 1 for entry in found):
+        return None
+    reference, ref = runs[0], found[0]
+    row: dict[str, str] = {}
+    css: dict[str, str] = {}
+    for run, label, entry in zip(runs, labels, found, strict=True):
+        row[label] = f"{_fmt_interval(entry.pass_hat_k)} k={entry.k}" if entry is not None else "-"
+        if run is reference:
+            continue
+        column = f"Δ {label}"
+        if entry is None or ref is None:
+            row[column] = "-"
+        elif entry.k != ref.k:
+            row[column] = f"not compared: k={ref.k} vs k={entry.k}"
+        else:
+            means = (entry.pass_hat_k.mean, ref.pass_hat_k.mean)
+            fallback = means[0] - means[1] if means[0] is not None and means[1] is not None else None
+            comparison = _compare(reference, run, pack, PASS_HAT_K, run.results.confidence)
+            row[column], css[column] = _fmt_delta(comparison, fallback)
+    return row, css
 
 
 NOTHING_MOVED = "nothing moved"
@@ -392,6 +424,7 @@ class CellView:
     status: str = ""
     reason: str = ""
     repeats: list[float] = field(default_factory=list)
+    marks: str = ""  # each trial passed or failed, in repeat order, when the item was asked more than once
     exchanges: list[ExchangeView] = field(default_factory=list)
 
 
@@ -452,6 +485,8 @@ def _cell(records: list[ItemRecord]) -> CellView:
         status=score.status if score else "error",
         reason=_cut((score.reason if score else "") or (first.error or "")),
         repeats=[r.score.value if r.score else 0.0 for r in records] if len(records) > 1 else [],
+        marks=passk.marks([r.score.passed if r.score and r.error is None else None for r in records])
+        if len(records) > 1 else "",
         exchanges=exchanges,
     )
 
@@ -517,6 +552,96 @@ def drilldown(runs: Sequence[RunData], max_items: int) -> tuple[list[DrillItem],
             shared.append(texts.pop() if len(texts) == 1 else None)
         items.append(DrillItem(pack=pack, item_id=item_id, category=category, values=values, cells=cells, shared_requests=shared))
     return items, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials (--repeats) and discrimination
+
+
+def _trial_rank(trials: Sequence[list[bool | None]]) -> int:
+    """Mixed outcomes first (the flaky and the changed), then items that always failed, then the rest."""
+    flat = {outcome for run_trials in trials for outcome in run_trials if outcome is not None}
+    return 0 if len(flat) > 1 else 1 if flat == {False} else 2
+
+
+def _trial_cell(trials: list[bool | None] | None) -> tuple[str, str]:
+    if not trials:
+        return "-", ""
+    passed = sum(outcome is True for outcome in trials)
+    css = "better" if passed == len(trials) else "worse" if passed == 0 else "warn"
+    return f"{passk.marks(trials)} {passed}/{len(trials)}", css
+
+
+def _passk_line(label: str, found: PassK | None) -> str:
+    if found is None:
+        return f"{label}: -"
+    curve = ", ".join(f"{value:.3f}" if value is not None else "-" for value in found.curve)
+    short = f"; {found.short} items with fewer than {found.k} scored trials left out" if found.short else ""
+    return (f"{label}: pass@1 {_fmt_interval(found.pass_at_1)}; pass^{found.k} {_fmt_interval(found.pass_hat_k)}; "
+            f"pass^1..{found.k} {curve}{short}")
+
+
+def trial_sections(runs: Sequence[RunData], labels: Sequence[str], max_items: int) -> list[dict[str, Any]]:
+    """Per pack some run asked more than once per item: every item's trials as marks, one column per run.
+
+    ✓ a trial passed, ✗ failed, · not scored. Mixed rows first: they are what pass^k counts against.
+    """
+    sections = []
+    for pack in _pack_names(runs):
+        if not any(run.trials_per_item(pack) > 1 for run in runs):
+            continue
+        per_run = [run.trials(pack) for run in runs]
+        item_ids = sorted(set().union(*per_run), key=lambda i: (_trial_rank([per.get(i, []) for per in per_run]), i))
+        rows: dict[str, dict[str, str]] = {}
+        classes: dict[str, dict[str, str]] = {}
+        for item_id in item_ids[:max_items]:
+            cells = [_trial_cell(per.get(item_id)) for per in per_run]
+            rows[item_id] = {label: text for label, (text, _) in zip(labels, cells, strict=True)}
+            classes[item_id] = {label: css for label, (_, css) in zip(labels, cells, strict=True)}
+        table = None
+        if rows:
+            frame = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(labels))
+            frame.index.name = "item"
+            class_frame = pd.DataFrame.from_dict(classes, orient="index").reindex(index=frame.index, columns=frame.columns)
+            table = _styled(frame, f"{pack}-trials", class_frame)
+        summary = [_passk_line(label, run.results.packs[pack].passk if pack in run.results.packs else None)
+                   for run, label in zip(runs, labels, strict=True)]
+        sections.append({"pack": pack, "summary": summary, "table": table, "shown": len(rows), "total": len(item_ids)})
+    return sections
+
+
+DISCRIMINATION_IDS = 20  # frozen item ids listed per pack in the report (bench packs --discrimination lists all)
+
+
+def _ids(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:DISCRIMINATION_IDS])
+    return shown + (f" … ({len(ids) - DISCRIMINATION_IDS} more)" if len(ids) > DISCRIMINATION_IDS else "")
+
+
+def discrimination_view(runs: Sequence[RunData]) -> tuple[pd.DataFrame | None, str]:
+    """Per pack over the report's runs: how many items changed outcome, and which never did.
+
+    Shown only when an item could have changed (two runs, or a run with repeats); runs that asked
+    different items of a pack get the one line that says so instead of a table.
+    """
+    if len(runs) < 2 and not any(run.trials_per_item(pack) > 1 for run in runs for pack in run.results.packs):
+        return None, ""
+    try:
+        found = discrimination(runs)
+    except UserError as exc:
+        return None, str(exc)
+    rows = {
+        pack.pack: {
+            "items": pack.items, "trials/item": pack.observations,
+            "changed": f"{pack.changed} ({pack.changed_share:.0%})" if pack.changed_share is not None else "-",
+            "always passed": len(pack.always_passed), "always failed": len(pack.always_failed),
+            "not in every run": len(pack.not_in_every_run), "always failed (ids)": _ids(pack.always_failed),
+        }
+        for pack in found.packs
+    }  # fmt: skip
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "pack"
+    return frame, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,6 +787,7 @@ def render_report(
     health, health_classes = health_table(runs, labels)
     timing = timing_table(runs, labels)
     items, flip_summary = drilldown(runs, max_items)
+    discriminating, discrimination_note = discrimination_view(runs)
     template = template_environment().get_template("report.html.j2")
     return template.render(
         title=f"bench report: {' vs '.join(labels)}",
@@ -678,6 +804,9 @@ def render_report(
         subdimension_charts=_subdimension_charts(long, labels),
         subdimension_table=_styled(subdims, "subdimensions") if not subdims.empty else None,
         breakdown_sections=breakdown_sections(runs, labels),
+        trial_sections=trial_sections(runs, labels, max_items),
+        discrimination_table=_styled(discriminating, "discrimination") if discriminating is not None else None,
+        discrimination_note=discrimination_note,
         timing_table=_styled(timing, "timing", precision=2) if not timing.empty else None,
         latency_chart=_latency_chart(runs, labels),
         health_table=_styled(health, "health", health_classes),

@@ -1,9 +1,10 @@
 """Item records -> results.json: per pack, subdimension and breakdown group means with intervals,
-health counts.
+pass@1 and pass^k, health counts.
 
 Reads only stored records, each pack's ``groups`` of the recorded items and its own ``aggregate``
 hook over the records; never the server. Repeats of one item are folded to their mean first, so an
-interval counts items, not samples.
+interval counts items, not samples; pass^k keeps each item's trials apart (``bench.passk``), with
+k the pack's trials per item (``--repeats``) as its records show it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bench import stats
+from bench import passk, stats
 from bench.pack import Item, Pack
 from bench.records import GroupResult, HealthCounts, ItemRecord, PackResult, Results, TimingStats
 
 UNKNOWN_GROUP = "unknown"  # the group of an item the pack no longer has, or did not place
 
+
 def _fold(per_item: Mapping[str, list[float]]) -> list[float]:
     folded = stats.fold_repeats((item_id, v) for item_id, values in per_item.items() for v in values)
     return list(folded.values.values())
+
+
+def _full_marks(per_item: Mapping[str, list[float]]) -> dict[str, list[bool]]:
+    """A subdimension's trials as outcomes: passed with full marks on it (see ``bench.passk``)."""
+    return {item_id: [value >= passk.FULL_MARKS for value in values] for item_id, values in per_item.items()}
 
 
 def _health(records: Sequence[ItemRecord]) -> HealthCounts:
@@ -67,6 +74,8 @@ def _breakdowns(
     records: Sequence[ItemRecord],
     values: Mapping[str, list[float]],
     passes: Mapping[str, list[float]],
+    outcomes: Mapping[str, list[bool]],
+    k: int,
     confidence: float,
     seed: int,
 ) -> dict[str, dict[str, GroupResult]]:
@@ -85,6 +94,7 @@ def _breakdowns(
             group: GroupResult(
                 score=stats.summarize(_fold({i: values[i] for i in ids if i in values}), confidence, seed),
                 pass_rate=stats.summarize(_fold({i: passes[i] for i in ids if i in passes}), confidence, seed),
+                passk=passk.summarize({i: outcomes[i] for i in ids if i in outcomes}, k, confidence, seed),
             )
             for group, ids in sorted(members.items())
         }
@@ -95,16 +105,23 @@ def pack_result(pack: Pack, records: Sequence[ItemRecord], confidence: float, se
     values: dict[str, list[float]] = defaultdict(list)
     passes: dict[str, list[float]] = defaultdict(list)
     subs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # Every asked item, in record order, with the trials that were scored (none when all failed);
+    # an item the pack could not measure on this server is no item of pass^k, as of every mean.
+    outcomes: dict[str, list[bool]] = {
+        record.item_id: [] for record in records if record.score is None or record.score.status != "unmeasured"
+    }
     # A request that failed is not a wrong answer: it is left out of the score and counted as
     # missing (the run is then incomplete and invalid until resumed), never scored as a silent zero.
     for record in records:
         score = record.score
-        if score is None or record.error is not None:
+        if score is None or record.error is not None or score.status == "unmeasured":
             continue
         values[record.item_id].append(score.value)
         passes[record.item_id].append(float(score.passed))
+        outcomes[record.item_id].append(score.passed)
         for name, value in score.subscores.items():
             subs[name][record.item_id].append(value)
+    k = passk.trials_asked(record.repeat for record in records)
     spread = stats.fold_repeats((item_id, v) for item_id, vals in values.items() for v in vals).spread
     ordered_subs = [s for s in pack.subdimensions if s in subs] + sorted(s for s in subs if s not in pack.subdimensions)
     return PackResult(
@@ -114,11 +131,16 @@ def pack_result(pack: Pack, records: Sequence[ItemRecord], confidence: float, se
         score=stats.summarize(_fold(values), confidence, seed),
         pass_rate=stats.summarize(_fold(passes), confidence, seed),
         subdimensions={name: stats.summarize(_fold(subs[name]), confidence, seed) for name in ordered_subs},
-        breakdowns=_breakdowns(pack, records, values, passes, confidence, seed),
+        breakdowns=_breakdowns(pack, records, values, passes, outcomes, k, confidence, seed),
         health=_health(records),
         timing=_timing(records),
         extra=pack.aggregate(records),
         repeat_spread=spread,
+        passk=passk.summarize(outcomes, k, confidence, seed),
+        subdimension_passk={
+            name: found for name in ordered_subs
+            if (found := passk.summarize(_full_marks(subs[name]), k, confidence, seed)) is not None
+        },
     )
 
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import platform
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,14 @@ from pydantic import BaseModel, ValidationError
 
 from bench import __version__, registry
 from bench.client import ChatClient, ClientConfig, ServerCheck, ServerDown, normalize_endpoint, server_root
+from bench.engine.planning.parallelism import check_load
 from bench.errors import PreflightError, UserError
 from bench.pack import Pack, Sampling
 from bench.records import Manifest, PackEntry, PreflightCheck, Results, ServerInfo
 from bench.run.aggregate import build_results
+from bench.run.budgets import AUTO, Context, ModelFacts, pack_budget, resolve_context, truncation_warnings
 from bench.run.checkpoint_facts import copy_checkpoint_facts
+from bench.run.concurrency import ConcurrencyControl, client_limit
 from bench.run.context_fit import mark_unfit
 from bench.run.options import EvalOptions, RunOptions, check_sampling, upgrade_options
 from bench.run.runner import PackPlan, RunPlan, run_plan
@@ -35,6 +38,7 @@ from bench.serve.launch import (
     LaunchConfig,
     check_checkpoint,
     check_vllm_importable,
+    is_cpu_only,
     resolve_vllm_python,
     serving,
     vllm_version,
@@ -85,11 +89,17 @@ def pack_sampling(pack: Pack, options: EvalOptions) -> Sampling:
     return options.sampling_for(pack.default_sampling)
 
 
-def build_plan(options: EvalOptions) -> RunPlan:
+def build_plan(options: EvalOptions, facts: ModelFacts | None = None, context: int | None = None,
+               echo: Callable[[str], object] | None = None) -> RunPlan:
+    """The packs, items and per-pack sampling of a run. ``facts`` (what the checkpoint says; unknown
+    for an endpoint) and ``context`` (the server's context length) shape each pack's token budget."""
     names = registry.resolve(options.packs)
     stray = set(options.pack_options) - set(names)
     if stray:
         raise UserError(f"--pack-option names pack(s) not in this run: {', '.join(sorted(stray))}")
+    stray = set(options.pack_sampling) - set(names)
+    if stray:
+        raise UserError(f"sampling names pack(s) not in this run: {', '.join(sorted(stray))}")
     plans: dict[str, PackPlan] = {}
     for name in names:
         pack = registry.load(name, options.pack_options.get(name))
@@ -99,9 +109,14 @@ def build_plan(options: EvalOptions) -> RunPlan:
             items = limiter(items, options.limit, options.seed) if callable(limiter) else items[: options.limit]
         if not items:
             raise UserError(f"pack {name!r} has no items in tier {options.tier!r}")
-        sampling = pack_sampling(pack, options)
-        check_sampling(name, sampling)
-        plans[name] = PackPlan(pack=pack, items=items, sampling=sampling)
+        budget = pack_budget(name, pack.default_sampling, facts or ModelFacts(), flags=options.sampling_overrides(),
+                             per_pack=options.pack_sampling.get(name, {}),
+                             flag_thinking_budget=options.thinking_budget, context=context)
+        check_sampling(name, budget.sampling)
+        for warning in budget.warnings:
+            if echo is not None:
+                echo(f"warning: {warning}")
+        plans[name] = PackPlan(pack=pack, items=items, sampling=budget.sampling, budget=budget)
     return RunPlan(packs=plans, repeats=options.repeats, seed=options.seed, concurrency=options.concurrency)
 
 
@@ -131,15 +146,43 @@ def _check_endpoint(url: str, timeout_s: float) -> list[str]:
         raise UserError(f"endpoint {url} returned an unexpected /models body") from exc
 
 
+def served_context(url: str, name: str) -> int | None:
+    """The context length a vLLM server reports for ``name`` in ``/models`` (None where it does not say)."""
+    try:
+        response = httpx.get(f"{url}/models", timeout=10.0)
+        for card in response.json().get("data", []):
+            if card.get("id") == name and isinstance(card.get("max_model_len"), int):
+                return int(card["max_model_len"])
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+        return None
+    return None
+
+
 def _precheck(options: RunOptions) -> None:
     """Catch a bad model path or a dead endpoint before anything is created on disk."""
     if options.endpoints:
         for url in options.endpoints:
             _check_endpoint(normalize_endpoint(url), options.evaluate.request_timeout_s)
     elif options.model:
-        check_checkpoint(read_checkpoint(Path(options.model).expanduser().resolve()))
+        path = Path(options.model).expanduser().resolve()
+        check_checkpoint(read_checkpoint(path))
+        check_load(path, options.serve.args)  # FP8 blocks and expert counts against the parallel sizes
     else:
         raise UserError("give --model DIR to launch a server, or --endpoint URL to use a running one")
+
+
+def server_context(serve: ServeOptions, info: CheckpointInfo) -> Context:
+    """The context length a launched server gets (``--max-model-len``, or ``auto`` worked out here)."""
+    kv_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or LaunchConfig.cpu_kv_cache_gib)
+    return resolve_context(serve.max_model_len, info, cpu=is_cpu_only(), kv_cache_gib=kv_gib)
+
+
+def model_facts(options: RunOptions) -> tuple[ModelFacts, Context | None]:
+    """What the launched checkpoint says about budgets and sampling; nothing is known of an endpoint's."""
+    if options.endpoints or not options.model:
+        return ModelFacts(), None
+    info = read_checkpoint(Path(options.model).expanduser().resolve())
+    return ModelFacts.of(info), server_context(options.serve, info)
 
 
 def launch_config(model: str | None, serve: ServeOptions, *, served_model_name: str | None = None,
@@ -150,14 +193,17 @@ def launch_config(model: str | None, serve: ServeOptions, *, served_model_name: 
     path = Path(model).expanduser().resolve()
     info = read_checkpoint(path)
     check_checkpoint(info)
+    check_load(path, serve.args)
     template_path = Path(serve.chat_template).expanduser().resolve() if serve.chat_template else None
     if template_path is not None and not template_path.is_file():
         raise UserError(f"chat template {template_path} does not exist")
     python = resolve_vllm_python(serve.python)
     check_vllm_importable(python)
+    context = server_context(serve, info)
     resolved = serve.model_copy(update={
         "python": python,
         "chat_template": str(template_path) if template_path else None,
+        "max_model_len": context.value,
     })
     config = LaunchConfig(
         model=path,
@@ -187,6 +233,7 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[tuple[ServerInfo,
         parsers = _parser_choice(serve, None)
         yield ServerInfo(
             launched=False, endpoints=urls, served_model_name=name, vllm_version=vllm_version(server_root(urls[0])),
+            max_model_len=served_context(urls[0], name), max_model_len_source="the endpoint's /models",
             reasoning_parser=parsers.reasoning_parser if serve.reasoning_parser != AUTO_PARSER else None,
             tool_call_parser=parsers.tool_call_parser if serve.tool_call_parser != AUTO_PARSER else None,
         ), None
@@ -208,7 +255,8 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[tuple[ServerInfo,
             tool_call_parser=parsers.tool_call_parser,
             chat_template_sha256=template_sha256(template_text) if template_text else None,
             chat_template_source=str(template_path) if template_path else "checkpoint",
-            max_model_len=config.serve.max_model_len,
+            max_model_len=served_context(server.base_url + "/v1", config.served_model_name),
+            max_model_len_source=server_context(options.serve, info).source,
             generation_config=sampling_defaults(info),
             start_seconds=round(server.start_seconds, 2),
             parser_reason=parsers.why,
@@ -228,6 +276,7 @@ def _manifest(run_id: str, options: RunOptions, plan: RunPlan, server: ServerInf
             name=name, version=pack.version, data_hash=pack.data_hash(), items=len(pack_plan.items),
             tier=evaluate.tier, subdimensions=list(pack.subdimensions), sampling=sampling,
             options=evaluate.pack_options.get(name, {}),
+            budget=pack_plan.budget.record() if pack_plan.budget else None,
         ))
     return Manifest(
         run_id=run_id, created_at=_now(), bench_version=__version__, model=options.model, server=server,
@@ -251,7 +300,7 @@ def sends_tools(plan: RunPlan) -> bool:
 
 def client_config(endpoints: list[str], model: str, options: EvalOptions) -> ClientConfig:
     """The client of one run: its concurrency and request timeout, and ``BENCH_API_KEY`` when set."""
-    config = ClientConfig(endpoints=endpoints, model=model, concurrency=options.concurrency,
+    config = ClientConfig(endpoints=endpoints, model=model, concurrency=client_limit(options.concurrency),
                           timeout_s=options.request_timeout_s)
     if api_key := os.environ.get("BENCH_API_KEY"):
         config.api_key = api_key
@@ -261,7 +310,9 @@ def client_config(endpoints: list[str], model: str, options: EvalOptions) -> Cli
 def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progress: bool | None = None,
             echo: Any = print) -> RunOutcome:
     """Run (or resume) an evaluation and return where it went and what it found."""
-    plan = build_plan(options.evaluate)
+    facts, context = model_facts(options)
+    known_context = context.value if context is not None and context.value != AUTO else facts.context
+    plan = build_plan(options.evaluate, facts, known_context if isinstance(known_context, int) else None, echo)
     created_at: str | None = None
     if resume_dir is not None:
         # The records are read and checked before anything is launched: a complete run needs no server.
@@ -282,7 +333,8 @@ def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progres
     echo(f"run directory: {store.root}")
     manifest: Manifest | None = None
     try:
-        mark_unfit(plan, None if options.endpoints else options.model, options.serve.max_model_len, echo)
+        if isinstance(known_context, int):
+            mark_unfit(plan, None if options.endpoints else options.model, known_context, echo)
         with _connect(options, store) as (server, server_down):
             if server.launched:
                 echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")
@@ -303,6 +355,10 @@ def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progres
     manifest.status = "complete" if results.complete else "interrupted"
     store.write_manifest(manifest)
     store.release()
+    cut_off = {name: (result.health.truncated, result.health.responses) for name, result in results.packs.items()}
+    for line in truncation_warnings(cut_off, {name: p.budget for name, p in plan.packs.items()},
+                                    manifest.server.max_model_len):
+        echo(line)
     return RunOutcome(run_dir=str(store.root), results=results, asked=asked, preflight=manifest.preflight)
 
 
@@ -325,7 +381,13 @@ async def _checked_run(options: RunOptions, plan: RunPlan, client: ChatClient, s
             store.write_manifest(manifest)
             raise PreflightError(f"preflight failed: {failed.detail.splitlines()[0]}: {failed.fix}")
         store.write_manifest(manifest)
-        counters = await run_plan(plan, client, store, show_progress=show_progress)
+        control = ConcurrencyControl(plan.concurrency, [server_root(e) for e in manifest.server.endpoints],
+                                     api_key=client.config.api_key, echo=echo)
+        try:
+            counters = await run_plan(plan, client, store, show_progress=show_progress, concurrency=control)
+        finally:
+            manifest.concurrency_levels = control.record()  # an interrupted run keeps its levels too
+        echo(control.summary())
         return counters.asked
     finally:
         await client.close()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator
 
 from bench.errors import UserError
 from bench.pack import Sampling, Tier
+from bench.run.budgets import SAMPLING_OVERRIDE_KEYS
+from bench.run.concurrency import AUTO, Concurrency, concurrency_value
 from bench.serve.options import ServeOptions
 
 PackOptionValue = str | int | float | bool
@@ -36,6 +38,7 @@ def _option_text(value: Any) -> Any:
             for pack, opts in value.items()}
 
 
+ConcurrencyOption = Annotated[Concurrency, PlainValidator(concurrency_value, json_schema_input_type=Concurrency)]
 PackSelection = Annotated[str, BeforeValidator(_pack_selection, json_schema_input_type=str | list[str])]
 PackOptions = Annotated[
     dict[str, dict[str, str]],
@@ -57,11 +60,35 @@ class EvalOptions(BaseModel):
     )
     repeats: int = Field(default=1, ge=1, description="ask every item K times with seeds seed..seed+K-1")
     seed: int = Field(default=0, description="seed of the first repeat and of item sampling")
-    concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    concurrency: ConcurrencyOption = Field(
+        default=AUTO, description="items in flight at once: 'auto' (follow a vLLM server's load) or a number"
+    )
     temperature: float | None = Field(default=None, ge=0, description="override every pack's temperature")
-    max_tokens: int | None = Field(default=None, ge=1, description="override every pack's max_tokens")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="override every pack's answer budget (a thinking budget is added on top)"
+    )
     no_thinking: bool = Field(default=False, description="send enable_thinking=false to the chat template")
+    thinking_budget: int | None = Field(
+        default=None, ge=0,
+        description="tokens a thinking model may reason before its answer, added to each pack's answer budget "
+                    "(default: from the model family)",
+    )
+    pack_sampling: dict[str, dict[str, float | int | bool]] = Field(
+        default_factory=dict,
+        description="per-pack sampling, PACK -> KEY -> VALUE (temperature, top_p, top_k, max_tokens, thinking, "
+                    "thinking_budget); wins over the run-wide flags",
+    )
     request_timeout_s: float = Field(default=300.0, gt=0, description="seconds per request")
+
+    @field_validator("pack_sampling")
+    @classmethod
+    def _known_sampling_keys(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for pack, keys in value.items():
+            unknown = sorted(set(keys) - set(SAMPLING_OVERRIDE_KEYS))
+            if unknown:
+                raise ValueError(f"sampling for {pack} has unknown key(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(SAMPLING_OVERRIDE_KEYS)}")
+        return value
 
     def sampling_overrides(self) -> dict[str, Any]:
         """The overrides as :class:`Sampling` fields (only those given)."""

@@ -18,12 +18,14 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.client import ChatClient, RequestFailed, ServerDown
+from bench.client import ChatClient, RequestFailed, ServerDown, server_root
 from bench.pack import Item, Pack, Sampling, Score
 from bench.records import ItemRecord
+from bench.run.concurrency import Concurrency, ConcurrencyControl, Gate
 from bench.run.options import EvalOptions, field_default
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript
+from bench.run.budgets import PackBudget
 from bench.session import Session
 from bench.transcript import Transcript
 
@@ -35,6 +37,7 @@ class PackPlan:
     pack: Pack
     items: list[Item]
     sampling: Sampling
+    budget: PackBudget | None = None  # how the sampling was worked out (None: taken as given)
 
 
 @dataclass
@@ -44,7 +47,7 @@ class RunPlan:
     packs: dict[str, PackPlan]
     repeats: int = field_default(EvalOptions, "repeats")
     seed: int = field_default(EvalOptions, "seed")
-    concurrency: int = field_default(EvalOptions, "concurrency")
+    concurrency: Concurrency = field_default(EvalOptions, "concurrency")
     # (pack, item id) -> why it is not asked: its prompt cannot fit the server's context
     unfit: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -136,8 +139,13 @@ async def run_plan(
     *,
     show_progress: bool | None = None,
     on_record: Callable[[ItemRecord], None] | None = None,
+    concurrency: ConcurrencyControl | None = None,
 ) -> RunCounters:
-    """Ask every unfinished item; append each record as it completes."""
+    """Ask every unfinished item; append each record as it completes.
+
+    ``concurrency`` decides how many items are in flight (default: the plan's level, ``auto`` following
+    the client's endpoints); pass one to read the levels it used afterwards.
+    """
     finished = store.finished_keys()
     todo = plan.todo(finished)
     counters = RunCounters()
@@ -150,9 +158,10 @@ async def run_plan(
             done = sum(1 for key in finished if key[0] == name)
             tasks[name] = progress.add_task(name, total=total, completed=done)
         progress.start()
-    gate = asyncio.Semaphore(plan.concurrency)
+    control = concurrency or ConcurrencyControl(plan.concurrency, [server_root(e) for e in client.config.endpoints],
+                                                api_key=client.config.api_key)
 
-    async def one(pack_plan: PackPlan, item: Item, repeat: int) -> None:
+    async def one(gate: Gate, pack_plan: PackPlan, item: Item, repeat: int) -> None:
         unfit = plan.unfit.get((pack_plan.pack.name, item.id))
         if unfit is not None:
             record = unasked_record(pack_plan, item, repeat, plan.seed, unfit)
@@ -170,15 +179,17 @@ async def run_plan(
         if on_record is not None:
             on_record(record)
 
-    tasks_in_flight = [asyncio.ensure_future(one(p, i, r)) for p, i, r in todo]
     try:
-        await asyncio.gather(*tasks_in_flight)
-    except BaseException:
-        # One failure ends the run (a dead server): nothing else is sent, finished records stay.
-        for task in tasks_in_flight:
-            task.cancel()
-        await asyncio.gather(*tasks_in_flight, return_exceptions=True)
-        raise
+        async with control.running(items=len(todo)) as gate:
+            tasks_in_flight = [asyncio.ensure_future(one(gate, p, i, r)) for p, i, r in todo]
+            try:
+                await asyncio.gather(*tasks_in_flight)
+            except BaseException:
+                # One failure ends the run (a dead server): nothing else is sent, finished records stay.
+                for task in tasks_in_flight:
+                    task.cancel()
+                await asyncio.gather(*tasks_in_flight, return_exceptions=True)
+                raise
     finally:
         if progress is not None:
             progress.stop()

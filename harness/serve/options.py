@@ -7,6 +7,8 @@ fields, so changing one here changes it everywhere.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 AUTO_PARSER = "auto"  # pick from the checkpoint's family and chat template
@@ -22,7 +24,11 @@ class ServeOptions(BaseModel):
         default=None, description="interpreter that has vLLM installed (else BENCH_VLLM_PYTHON, else this one)"
     )
     port: int | None = Field(default=None, ge=1, le=65535, description="port for the launched server (default: a free one)")
-    max_model_len: int = Field(default=2048, ge=1, description="context length of the launched server")
+    max_model_len: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="context length of the launched server; 'auto': the checkpoint's, capped by what fits "
+                    "(on CPU at most 32768)",
+    )
     chat_template: str | None = Field(default=None, description="chat template file passed to vLLM")
     reasoning_parser: str = Field(default=AUTO_PARSER, min_length=1, description=PARSER_HELP)
     tool_call_parser: str = Field(default=AUTO_PARSER, min_length=1, description=PARSER_HELP)

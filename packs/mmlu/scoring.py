@@ -1,10 +1,12 @@
 """Find the option letter a free-text chat reply chose.
 
 Chat models answer multiple choice in many shapes ("Answer: C", "(C)", "C.", "The answer is
-C", a bare "C", or the option's text). The rules run from the least to the most ambiguous and
-the first that yields exactly one letter wins; the rule's name is recorded with the score so
-that a drift in answer format is visible in the run, not hidden in the accuracy. A reply no
-rule understands is reported as unparseable rather than guessed.
+C", a bare "C", "\\boxed{C}", or the option's text). The rules run from the least to the most
+ambiguous and the first that yields exactly one letter wins; a letter only named to be ruled out
+("not B") is never taken, and two different boxed letters are refused rather than guessed
+between. The rule's name is recorded with the score so that a drift in answer format is visible
+in the run, not hidden in the accuracy. A reply no rule understands is reported as unparseable
+rather than guessed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ DEAD_CONFIDENCE = 0.95  # for the pack's own dead_categories; the gate recompute
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _MARKDOWN = re.compile(r"[*_`]+")
 
-# The whole reply is one letter, perhaps wrapped: "C", "(C)", "C.", "**C**", "[C]".
-_BARE = re.compile(r"^\s*[\(\[]?\s*([A-D])\s*[\)\]]?\s*[.:]?\s*$")
+# The whole reply is one letter, perhaps wrapped: "C", "(C)", "C.", "**C**", "[C]"; a lower-case
+# letter only in brackets, "(a)", where it cannot be the article "a".
+_BARE = re.compile(r"^\s*(?:[\(\[]?\s*([A-D])\s*[\)\]]?|[\(\[]\s*([a-d])\s*[\)\]])\s*[.:]?\s*$")
+# LaTeX's box around the final answer: "\boxed{C}", "\boxed{\text{(b)}}".
+_BOXED = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf|rm)?\s*\{\s*)?[\(\[]?\s*([A-Da-d])\s*[\)\]]?\s*\}")
+# "not B", "isn't (B)": a letter named only to be ruled out.
+_NEGATED_BEFORE = re.compile(r"(?i)(?:\bnot|n['\u2019]t|\bnever)\s+(?:(?:option|choice)\s+)?[\(\[]?\s*$")
 
 # An explicit statement. Words are case-insensitive; the letter must be a capital so that
 # "the answer is a prime" is not read as option A.
@@ -53,6 +60,14 @@ _STATEMENTS = [
     ),
     # "answer: c" at the end of a line: a lower-case letter only where nothing follows it.
     re.compile(r"(?im)\banswer\b\s*(?:is)?\s*:?\s*[\(\[]?([a-d])[\)\]]?\s*\.?\s*$"),
+    # "The answer is (b) London": a lower-case letter in brackets, whatever follows.
+    re.compile(r"(?i:\banswer\b)\s*(?i:is|would\s+be|should\s+be|must\s+be|=)?\s*:?\s*[\(\[]([a-d])[\)\]]"),
+    # "It is A.", "so it's (B)!": a short sentence that ends on the letter, as after "The answer
+    # is not B." ("It is A good..." goes on, and is not read).
+    re.compile(
+        r"(?i:\b(?:it|this|that)(?:['\u2019]s|\s+is|\s+must\s+be|\s+should\s+be)\s+(?:(?:option|choice)\s+)?)"
+        r"[\(\[]?([A-D])[\)\]]?(?=[ \t]*(?:[.!;]|\n|$))"
+    ),
 ]
 _PARENTHESIZED = re.compile(r"\(([A-D])\)")
 _LINE_START = re.compile(r"(?m)^\s*([A-D])\s*[.):]")
@@ -79,6 +94,15 @@ def _normalize(text: str) -> str:
 def _single(letters: list[str]) -> str | None:
     distinct = set(letters)
     return letters[0] if len(distinct) == 1 else None
+
+
+def _affirmed(pattern: re.Pattern[str], text: str) -> list[tuple[int, str]]:
+    """(position, upper-case letter) of each match whose letter is not ruled out ("not B")."""
+    return [
+        (match.start(), match.group(1).upper())
+        for match in pattern.finditer(text)
+        if not _NEGATED_BEFORE.search(text[max(0, match.start(1) - 24) : match.start(1)])
+    ]
 
 
 def _by_option_text(text: str, choices: list[str]) -> str | None:
@@ -114,14 +138,18 @@ def extract_letter(reply: str, choices: list[str]) -> Extraction | None:
     if not text.strip():
         return None
     if bare := _BARE.match(text):
-        return Extraction(bare.group(1), "bare_letter")
+        return Extraction((bare.group(1) or bare.group(2)).upper(), "bare_letter")
+    if boxed := [letter for _, letter in _affirmed(_BOXED, text)]:
+        # Two different boxed letters are two final answers: refuse rather than pick one.
+        letter = _single(boxed)
+        return Extraction(letter, "boxed") if letter else None
     stated: list[tuple[int, str]] = []
     for pattern in _STATEMENTS:
-        stated.extend((m.start(), m.group(1).upper()) for m in pattern.finditer(text))
+        stated.extend(_affirmed(pattern, text))
     if stated:
         # The last statement wins: replies often discard options before settling.
         return Extraction(max(stated)[1], "answer_statement")
-    if letter := _single(_PARENTHESIZED.findall(text)):
+    if letter := _single([letter for _, letter in _affirmed(_PARENTHESIZED, text)]):
         return Extraction(letter, "parenthesized")
     if letter := _single(_LINE_START.findall(text)):
         return Extraction(letter, "letter_dot")

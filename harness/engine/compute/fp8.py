@@ -62,8 +62,20 @@ def quantize_blocks(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, tor
 
 def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
     """Inverse of :func:`quantize_blocks`, in float32."""
+    return dequantize_block_scaled(q, scale, (block, block))
+
+
+def dequantize_block_scaled(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int], *,
+                            row_offset: int = 0) -> torch.Tensor:
+    """Real float32 values of FP8 codes ``q`` ``[..., out, in]``: each code times its tile's scale.
+
+    ``scale`` has one value per ``block[0]`` x ``block[1]`` tile (the last row and column of tiles
+    may be partial). ``row_offset`` says how many rows of the first tile come before ``q``'s first
+    row, for a row range that does not start on a tile boundary.
+    """
     out_dim, in_dim = q.shape[-2:]
-    return fp8_to_float32(q).mul_(_expand_blocks(scale, block, out_dim, in_dim))
+    expanded = scale.repeat_interleave(block[0], dim=-2).repeat_interleave(block[1], dim=-1)
+    return fp8_to_float32(q).mul_(expanded[..., row_offset : row_offset + out_dim, :in_dim])
 
 
 def _expand_blocks(scale: torch.Tensor, block: int, out_dim: int, in_dim: int) -> torch.Tensor:
@@ -421,7 +433,8 @@ def quantize_checkpoint(
     """Write an FP8 (compressed-tensors) copy of ``model_dir`` to ``out_dir``, streamed tensor by tensor.
 
     Args:
-        model_dir: a bf16/fp16/fp32 safetensors checkpoint.
+        model_dir: a bf16/fp16/fp32 safetensors checkpoint, or a block-FP8 one whose FP8 tensors are copied
+            as they are (its remaining bf16 linear weights are quantized in its own format).
         out_dir: where the FP8 checkpoint goes (created; config, tokenizer and template copied).
         block: ``None`` for per-channel scales (FP8_DYNAMIC), or a block edge (128) for block scales.
         skip_experts: keep routed experts in their original precision (FP8 attention and dense
@@ -444,7 +457,8 @@ def quantize_checkpoint(
     errors = stream.errors
     reader.close()
     config = dict(checkpoint.config)
-    config["quantization_config"] = quantization_config(plan)
+    if plan.source is None:  # a block-FP8 source keeps its own quantization_config
+        config["quantization_config"] = quantization_config(plan)
     write_config(out_dir, config)
     copy_side_files(model_dir, out_dir)
     if (model_dir / PRUNING_FILE).is_file():  # the quantized checkpoint keeps its pruning record
@@ -463,5 +477,11 @@ def quantize_checkpoint(
         worst_tensor=worst_tensor,
         errors=errors,
         seconds=time.perf_counter() - started,
-        scheme="FP8_DYNAMIC" if block is None else f"FP8_BLOCK {block}x{block}",
+        scheme=_scheme(plan),
     )
+
+
+def _scheme(plan: QuantPlan) -> str:
+    if plan.source is not None:
+        return f"{plan.source.describe()} (the source's own format: only its bf16 linear weights were quantized)"
+    return "FP8_DYNAMIC" if plan.block is None else f"FP8_BLOCK {plan.block}x{plan.block}"

@@ -20,6 +20,8 @@ from bench.engine.compute.stream_writer import write_streamed
 from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
 from bench.engine.planning.calibration import Mix, build_samples
 from bench.engine.planning.checkpoint import Checkpoint
+from bench.engine.planning.fp8_source import block_fp8, compute_view
+from bench.engine.planning.lineage import lineage_record, stacking_refusal, stacking_warning, upstream_pruning
 from bench.engine.planning.moe import expert_count_key, resolve, text_config
 from bench.engine.planning.prune_plan import (
     PrunedTensor,
@@ -32,7 +34,7 @@ from bench.engine.planning.prune_plan import (
 from bench.engine.planning.side_files import copy_side_files, write_config
 from bench.engine.planning.sizes import gib
 from bench.errors import UserError
-from bench.pruning_record import PRUNING_FILE
+from bench.pruning_record import PRUNING_FILE, PruningRecord
 
 if TYPE_CHECKING:
     import torch
@@ -94,16 +96,22 @@ def prune_checkpoint(
     mix: Mix,
     options: PruneOptions,
     *,
+    allow_stacked: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
     """Score experts on the calibration mix, keep the best per layer, write the pruned checkpoint.
 
+    A block-FP8 source (DeepSeek-V3, Kimi-K2, Qwen3 FP8) is scored on its dequantized weights and
+    written with the kept experts' FP8 weights and scales exactly as stored.
+
     Args:
-        model_dir: MoE safetensors checkpoint.
+        model_dir: MoE safetensors checkpoint (bf16, or block FP8).
         out_dir: output directory (weights, config, tokenizer, chat template, ``pruning.json``).
         mix: calibration mix (see :func:`bench.engine.planning.calibration.load_mix`).
         options: criterion, ratio, selection and streaming options.
-        progress: called with one line per layer.
+        allow_stacked: prune a checkpoint that was pruned before (refused otherwise; see
+            :mod:`bench.engine.planning.lineage`).
+        progress: called with one line per layer (and the stacking warning).
     """
     options.validate()
     started = time.perf_counter()
@@ -111,13 +119,21 @@ def prune_checkpoint(
     if out_dir.resolve() == model_dir.resolve():
         raise UserError("--out must differ from --model: pruning writes a new checkpoint")
     checkpoint = Checkpoint.open(model_dir)
-    if checkpoint.config.get("quantization_config"):
-        raise UserError(f"{model_dir} is quantized: prune the bf16 checkpoint, then quantize the result")
+    fp8 = block_fp8(checkpoint)  # refuses every other kind of quantized source
+    upstream = upstream_pruning(model_dir)
+    if upstream is not None and not allow_stacked:
+        raise UserError(stacking_refusal(model_dir, upstream))
+    if upstream is not None and progress:
+        progress(stacking_warning(model_dir, upstream))
+    lineage = lineage_record(checkpoint, upstream)
     moe = resolve(checkpoint)
     keep = keep_count(moe.n_experts, moe.top_k, compression=options.compression, keep=options.keep)
     renorm_config = renormalization(moe, options.renormalize)
     samples = build_samples(mix, model_dir)
-    scoring = score_experts(checkpoint, moe, samples.token_ids, options, keep=keep, progress=progress)
+    # Scoring reads real values; the writer below copies the stored tensors (FP8 codes and scales) as they are.
+    scored = compute_view(checkpoint, fp8) if fp8 else checkpoint
+    scoring = score_experts(scored, resolve(scored) if fp8 else moe, samples.token_ids, options, keep=keep,
+                            progress=progress)
     kept = scoring.kept
     if kept is None:  # scores only (global selection): choose now
         kept = select_experts(scoring.scores(options.criterion), keep, selection=options.selection, top_k=moe.top_k)
@@ -153,7 +169,9 @@ def prune_checkpoint(
         ],
         "scoring_seconds": round(scoring.seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
+        **lineage,
     }
+    PruningRecord.model_validate(record)  # what the report and a later stacked prune will read back
     (out_dir / PRUNING_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return PruneResult(
         out_dir=out_dir,

@@ -11,21 +11,33 @@ rotary and routing semantics are exactly the model's), every calibration sequenc
 through it, and the routed experts' outputs are computed in fixed-size token chunks inside the
 MoE block while the statistics accumulate. The layer's kept experts are then chosen and, by
 default, the *pruned* layer is run to produce the hidden states for the next layer, so later
-layers are scored on the model as it will be served. The layer is freed before the next is read:
-peak memory is one layer plus the calibration hidden states.
+layers are scored on the model as it will be served. The layer is freed before the next is read.
+
+The hidden states between layers live in a scratch file in bfloat16
+(:mod:`bench.engine.compute.hidden_store`): each sequence is read, run through the layer and
+written back in turn, so the device holds one layer plus one sequence and host memory stays
+bounded whatever the token count. ``hidden_store="memory"`` keeps them on the device in the
+compute precision instead, as before (small runs, and the reference the store is checked against).
+
+Which gate weight multiplies an expert's output norm is ``score_gates``: the router's own
+(``router``), the top-k weights renormalized to sum to 1 (``renormalized``), or the router's
+softmax over all experts before any renormalization (``raw``). It changes the statistics only;
+the states handed to the next layer are always what the model computes.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+import tempfile
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from bench.engine.compute.hidden_store import DiskHiddenStates, HiddenStates, MemoryHiddenStates
 from bench.engine.compute.memory import release_freed_memory
 from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
 from bench.engine.compute.torch_dtypes import torch_dtype
@@ -236,7 +248,7 @@ class LayerRunner:
             raise UserError(f"{self.checkpoint.path}: input embeddings {name} not found")
         return name
 
-    def embed(self, token_ids: list[list[int]]) -> list[torch.Tensor]:
+    def embed(self, token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         import torch
 
         table = self.reader.get(self.embed_name)
@@ -244,6 +256,16 @@ class LayerRunner:
         del table
         self.reader.close()
         return out
+
+    def embed_into(self, token_ids: Sequence[Sequence[int]], hidden: HiddenStates) -> None:
+        """Write every sequence's input embeddings into ``hidden``, one sequence at a time."""
+        import torch
+
+        table = self.reader.get(self.embed_name)
+        for i, ids in enumerate(token_ids):
+            hidden.write(i, table[torch.tensor(ids)].to(self.dtype).to(self.device))
+        del table
+        self.reader.close()
 
     def build(self, index: int, kept: list[int] | None = None, renorm: dict[str, Any] | None = None, *,
               chunk_tokens: int = 4096) -> nn.Module:
@@ -332,13 +354,15 @@ def _experts_module(module: nn.Module) -> nn.Module:
     return module.get_submodule("mlp").get_submodule("experts")
 
 
-def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int) -> None:
+def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int, *,
+                           gates: str = "router", router_logits: Callable[[], torch.Tensor] | None = None) -> None:
     """Replace the experts' forward by one that upcasts each expert as it runs and may score it.
 
     The output is the same weighted sum the model computes, in the hidden states' precision,
     with each expert's weights upcast only while it runs. With ``stats``, REAP statistics
-    accumulate too. Only ``chunk_tokens`` tokens' expert outputs exist at any time, so a long
-    sequence never materializes all of them.
+    accumulate too, each output norm weighed by the ``gates`` choice (``raw`` reads the router's
+    logits of the same tokens from ``router_logits``). Only ``chunk_tokens`` tokens' expert outputs
+    exist at any time, so a long sequence never materializes all of them.
     """
     import torch
 
@@ -348,8 +372,10 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
         down_proj = cast("torch.Tensor", self.down_proj)
         act_fn = cast("Callable[[torch.Tensor], torch.Tensor]", self.act_fn)
         out = torch.zeros_like(hidden)
+        scored = top_k_weights
         if stats is not None:
             stats.tokens += hidden.shape[0]
+            scored = _score_weights(top_k_index, top_k_weights, gates, router_logits)
         for start in range(0, hidden.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, hidden.shape[0])
             x, index, weights = hidden[start:stop], top_k_index[start:stop], top_k_weights[start:stop]
@@ -361,7 +387,7 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
                 y = torch.nn.functional.linear(act_fn(gate) * up, down_proj[expert].to(x.dtype))
                 g = weights[token, slot].to(y.dtype)
                 if stats is not None:
-                    stats.add(expert, g, y.norm(dim=-1))
+                    stats.add(expert, scored[token + start, slot].to(y.dtype), y.norm(dim=-1))
                 out.index_add_(0, token + start, (y * g[:, None]).to(out.dtype))
         return out
 
@@ -370,13 +396,69 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
     experts.forward = types.MethodType(forward, weakref.proxy(experts))
 
 
-def _advance(runner: LayerRunner, module: nn.Module, hidden: list[torch.Tensor]) -> None:
-    """Replace each sequence's hidden states by the layer's output, in place.
+def _score_weights(index: torch.Tensor, weights: torch.Tensor, gates: str,
+                   router_logits: Callable[[], torch.Tensor] | None) -> torch.Tensor:
+    """``[tokens, top_k]`` gate weights that scoring multiplies the output norms by."""
+    import torch
 
-    Only one copy of the calibration hidden states is then alive, plus one sequence's output.
-    """
-    for i, states in enumerate(hidden):
-        hidden[i] = runner.forward(module, states)
+    if gates == "router":
+        return weights
+    if gates == "renormalized":
+        return weights / weights.sum(dim=-1, keepdim=True)
+    if gates != "raw" or router_logits is None:
+        raise UserError(f"score gates {gates!r} are not one of router, renormalized, raw")
+    logits = router_logits()
+    if logits.shape[0] != index.shape[0]:
+        raise UserError(f"the router scored {logits.shape[0]} tokens but the experts got {index.shape[0]}: "
+                        "raw score gates cannot be read for this family")
+    return torch.softmax(logits.float(), dim=-1).gather(1, index)
+
+
+SIGMOID_ROUTERS = ("deepseek_v3",)  # their raw scores are sigmoids, not a softmax over experts
+
+
+def _router_logits_tap(module: nn.Module, moe: MoEModel) -> Callable[[], torch.Tensor]:
+    """Keep the router's logits of each forward, for raw score gates; returns their reader."""
+    if moe.family.name in SIGMOID_ROUTERS:
+        raise UserError(f"{moe.family.title} routes with sigmoid scores, not a softmax: raw score gates are "
+                        "not defined for it; use --score-gates router or renormalized")
+    router = getattr(getattr(module, "mlp", None), "gate", None)
+    if router is None:
+        raise UserError(f"{type(module).__name__} has no mlp.gate router whose logits raw score gates could read")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        logits = output[0] if isinstance(output, tuple) else output
+        seen["logits"] = logits.reshape(-1, logits.shape[-1])
+
+    router.register_forward_hook(keep)
+
+    def read() -> torch.Tensor:
+        if "logits" not in seen:
+            raise UserError(f"{type(router).__name__} ran no forward before the experts: raw score gates cannot "
+                            "be read for this family")
+        return seen["logits"]
+
+    return read
+
+
+def _advance(runner: LayerRunner, module: nn.Module, hidden: HiddenStates) -> None:
+    """Replace each sequence's hidden states by the layer's output, one sequence at a time."""
+    for i in range(len(hidden)):
+        hidden.write(i, runner.forward(module, hidden.read(i)))
+
+
+def _score_only(runner: LayerRunner, module: nn.Module, hidden: HiddenStates) -> None:
+    for i in range(len(hidden)):
+        runner.forward(module, hidden.read(i))
+
+
+def open_hidden_states(options: PruneOptions, lengths: Sequence[int], hidden_size: int) -> HiddenStates:
+    """Where the calibration hidden states live between layers (see :mod:`bench.engine.compute.hidden_store`)."""
+    if options.hidden_store == "memory":
+        return MemoryHiddenStates(len(lengths))
+    return DiskHiddenStates(options.scratch_dir or tempfile.gettempdir(), lengths, hidden_size,
+                            dtype=options.hidden_store, device=options.device, compute_dtype=options.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +468,7 @@ def _advance(runner: LayerRunner, module: nn.Module, hidden: list[torch.Tensor])
 def score_experts(
     checkpoint: Checkpoint,
     moe: MoEModel,
-    token_ids: list[list[int]],
+    token_ids: Sequence[Sequence[int]],
     options: PruneOptions,
     *,
     keep: int,
@@ -395,46 +477,53 @@ def score_experts(
     """Score every expert of every sparse layer; with per-layer selection also choose the kept ones."""
     import torch
 
+    options.validate()
     started = time.perf_counter()
     per_layer = options.selection == "per-layer"
     propagate = options.propagate if per_layer else "unpruned"  # global selection needs all scores first
+    gates = options.score_gates or "router"
     renorm = renormalization(moe, options.renormalize)
     runner = LayerRunner(checkpoint, moe, device=options.device, dtype=options.dtype)
     stats: dict[int, LayerStats] = {}
     kept: dict[int, list[int]] = {}
-    with torch.inference_mode():
-        hidden = runner.embed(token_ids)
-        for index in range(moe.n_layers):
-            t0 = time.perf_counter()
-            module = runner.build(index, chunk_tokens=options.chunk_tokens)
-            layer = moe.layer(index)
-            if layer is None:
-                _advance(runner, module, hidden)
-                del module
-                continue
-            layer_stats = LayerStats(moe.n_experts)
-            attach_experts_forward(_experts_module(module), layer_stats, options.chunk_tokens)
-            reprune = per_layer and propagate == "pruned" and keep < moe.n_experts
-            if reprune:  # the full layer's outputs are not handed on: score only
-                for h in hidden:
-                    runner.forward(module, h)
-            else:
-                _advance(runner, module, hidden)
-            del module
-            stats[index] = layer_stats
-            note = ""
-            if per_layer:
-                kept[index] = select_experts({index: layer_stats.scores(options.criterion, seed=options.seed,
-                                                                        layer=index)}, keep)[index]
-            if reprune:
-                pruned = runner.build(index, kept[index], renorm, chunk_tokens=options.chunk_tokens)
-                _advance(runner, pruned, hidden)
-                del pruned
-                note = f", kept {kept[index]}"
-            if progress:
-                progress(f"layer {index}: scored {moe.n_experts} experts on {layer_stats.tokens} tokens in "
-                         f"{time.perf_counter() - t0:.1f} s{note}")
-    runner.close()
+    hidden = open_hidden_states(options, [len(ids) for ids in token_ids], moe.hidden_size)
+    try:
+        with torch.inference_mode():
+            runner.embed_into(token_ids, hidden)
+            for index in range(moe.n_layers):
+                t0 = time.perf_counter()
+                module = runner.build(index, chunk_tokens=options.chunk_tokens)
+                layer = moe.layer(index)
+                if layer is None:
+                    _advance(runner, module, hidden)
+                    del module
+                    continue
+                layer_stats = LayerStats(moe.n_experts)
+                logits = _router_logits_tap(module, moe) if gates == "raw" else None
+                attach_experts_forward(_experts_module(module), layer_stats, options.chunk_tokens, gates=gates,
+                                       router_logits=logits)
+                reprune = per_layer and propagate == "pruned" and keep < moe.n_experts
+                if reprune:  # the full layer's outputs are not handed on: score only
+                    _score_only(runner, module, hidden)
+                else:
+                    _advance(runner, module, hidden)
+                del module, logits
+                stats[index] = layer_stats
+                note = ""
+                if per_layer:
+                    kept[index] = select_experts({index: layer_stats.scores(options.criterion, seed=options.seed,
+                                                                            layer=index)}, keep)[index]
+                if reprune:
+                    pruned = runner.build(index, kept[index], renorm, chunk_tokens=options.chunk_tokens)
+                    _advance(runner, pruned, hidden)
+                    del pruned
+                    note = f", kept {kept[index]}"
+                if progress:
+                    progress(f"layer {index}: scored {moe.n_experts} experts on {layer_stats.tokens} tokens in "
+                             f"{time.perf_counter() - t0:.1f} s{note}")
+    finally:
+        hidden.close()
+        runner.close()
     return ScoringResult(
         stats=stats,
         kept=kept if per_layer else None,
@@ -444,4 +533,3 @@ def score_experts(
         tokens=sum(len(ids) for ids in token_ids),
         propagate=propagate,
     )
-

@@ -2,6 +2,11 @@
 
 Tensors come either through safetensors' own handles or as flat views of a memory map, so one
 read can cover a run of adjacent tensors. Peak memory is a window of the checkpoint, not all of it.
+
+A block-FP8 source read through its compute view (:func:`bench.engine.planning.fp8_source.compute_view`)
+gives real-valued weights from :meth:`TensorReader.get` and :meth:`TensorReader.rows`: codes times
+their block's scale, in the dtype the view presents. Writers read the checkpoint itself, whose
+tensors come out exactly as stored.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.engine.compute.torch_dtypes import TORCH_TO_ST, torch_dtype
 from bench.engine.planning.checkpoint import DTYPE_BYTES, Checkpoint, TensorInfo
+from bench.engine.planning.fp8_source import DequantizedCheckpoint
 from bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -38,36 +44,71 @@ class TensorReader:
         self._maps: dict[Path, tuple[mmap.mmap, int]] = {}
         self._window = window_bytes
         self._read_since_open = 0
+        # Presented name -> (stored FP8 weight, its scales), for a block-FP8 compute view.
+        self._fp8 = checkpoint.stored if isinstance(checkpoint, DequantizedCheckpoint) else {}
+        self._block = checkpoint.block if isinstance(checkpoint, DequantizedCheckpoint) else (1, 1)
 
     def _handle(self, name: str) -> Any:
+        info = self._checkpoint.tensors.get(name)
+        if info is None:
+            raise UserError(f"tensor {name!r} is not in {self._checkpoint.path}")
+        return self._file_handle(info.file)
+
+    def _file_handle(self, file: Path) -> Any:
         from safetensors import safe_open
 
         if self._window is not None and self._read_since_open >= self._window:
             self.close()
-        info = self._checkpoint.tensors.get(name)
-        if info is None:
-            raise UserError(f"tensor {name!r} is not in {self._checkpoint.path}")
-        handle = self._handles.get(info.file)
+        handle = self._handles.get(file)
         if handle is None:
-            handle = safe_open(str(info.file), framework="pt")
-            self._handles[info.file] = handle
+            handle = safe_open(str(file), framework="pt")
+            self._handles[file] = handle
         return handle
 
     def get(self, name: str) -> torch.Tensor:
+        if name in self._fp8:
+            return self._dequantized(name, 0, self._fp8[name][0].shape[0])
         tensor = self._handle(name).get_tensor(name)
         self._read_since_open += tensor.nbytes
         return tensor
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the first dimension, without reading the rest of the tensor."""
+        if name in self._fp8:
+            return self._dequantized(name, start, stop)
         tensor = self._handle(name).get_slice(name)[start:stop]
         self._read_since_open += tensor.nbytes
         return tensor
 
+    def _dequantized(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a block-FP8 weight as real values: each code times its block's scale.
+
+        Computed in float32 (an e4m3 code times a float32 scale), then cast to the presented dtype.
+        """
+        from bench.engine.compute.fp8 import dequantize_block_scaled
+        from bench.engine.compute.torch_dtypes import torch_dtype
+
+        weight, scale = self._fp8[name]
+        rows_per_scale = self._block[0]
+        stop = min(stop, weight.shape[0])
+        first, last = start // rows_per_scale, -(-stop // rows_per_scale)
+        codes = self._file_handle(weight.file).get_slice(weight.name)[start:stop]
+        scales = self._file_handle(scale.file).get_slice(scale.name)[first:last]
+        self._read_since_open += codes.nbytes + scales.nbytes
+        # The scales cover whole blocks from ``first``: expand them, then drop the rows before ``start``.
+        offset = start - first * rows_per_scale
+        real = dequantize_block_scaled(codes, scales.float(), self._block, row_offset=offset)
+        return real.to(torch_dtype(self._checkpoint.tensors[name].dtype))
+
     def row_chunks(self, name: str, max_bytes: int = 256 << 20, multiple: int = 1) -> Iterator[torch.Tensor]:
         """The tensor in first-dimension chunks of at most ``max_bytes`` (rows a multiple of ``multiple``)."""
         info = self._checkpoint.tensors[name]
-        mappable = info.dtype in TORCH_TO_ST.values() and len(info.shape) > 0
+        mappable = info.dtype in TORCH_TO_ST.values() and len(info.shape) > 0 and name not in self._fp8
+        if name in self._fp8 and info.nbytes > max_bytes:  # real values: row ranges, whole scale blocks each
+            step = max(max_bytes // max(info.nbytes // info.shape[0], 1) // self._block[0], 1) * self._block[0]
+            for start in range(0, info.shape[0], step):
+                yield self._dequantized(name, start, start + step)
+            return
         if not mappable or info.nbytes <= max_bytes:
             yield self.span(info, 0, info.numel).view(info.shape) if mappable else self.get(name)
             return
@@ -87,6 +128,8 @@ class TensorReader:
         """
         import torch
 
+        if info.name in self._fp8:
+            raise RuntimeError(f"{info.name} is stored as FP8 codes: read its real values with get() or rows()")
         if self._window is not None and self._read_since_open >= self._window:
             self.close()
         mapped = self._maps.get(info.file)

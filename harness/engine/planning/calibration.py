@@ -2,13 +2,19 @@
 
 A mix is data (YAML): which datasets (each through a schema adapter from
 :mod:`bench.engine.planning.schema_adapters`), how many samples from each (counts or weights), the sequence
-length and the seed. Named recipes ship in ``harness/engine/recipes/``. Rows are rendered with
-the model's own chat template, tools included, so calibration sees what serving sees.
+length, whether rows are packed into full-length sequences, the seed, and how scoring weighs
+expert outputs (``score_gates``). Named recipes ship in ``harness/engine/recipes/``. Rows are
+rendered with the model's own chat template, tools included, so calibration sees what serving sees.
+Datasets are either task data or general text (``general``; C4 and MMLU are general unless a mix
+says otherwise), and :meth:`Mix.with_general_share` rescales the two groups, so a plan can sweep
+the proportion.
 
-The preflight reads the first rows of every dataset, runs them through their adapter and the
-chat template, counts tokens, and estimates time and memory, all before any weight is read: a
-drifted schema (a renamed column) fails there in seconds, naming the dataset and the field,
-instead of an hour into a pruning run.
+The estimate needs no data: from the declared counts and the checkpoint's headers it gives the
+token budget, the time, and the memory on each side (host RAM, scratch disk for the hidden states
+between layers, the scoring device). The preflight then reads the first rows of every dataset,
+runs them through their adapter and the chat template, and counts tokens, all before any weight
+is read: a drifted schema (a renamed column) fails there in seconds, naming the dataset and the
+field, instead of an hour into a pruning run.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ import difflib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.engine.planning.calibration_cost import ScoringCost, estimate_scoring_cost, render_cost
 from bench.engine.planning.checkpoint import Checkpoint
 from bench.engine.planning.moe import resolve_if_moe
 from bench.engine.planning.schema_adapters import ADAPTERS, Conversation, SchemaError, make_getter
@@ -38,6 +47,8 @@ if TYPE_CHECKING:
 
 RECIPES = "bench.engine.recipes"  # package data: shipped mixes are found in a wheel install too
 PREFLIGHT_ROWS = 8
+GENERAL_ADAPTERS = ("c4", "mmlu", "text")  # general text unless a mix marks them otherwise
+ScoreGates = Literal["router", "renormalized", "raw"]
 
 
 class DatasetSpec(BaseModel):
@@ -53,6 +64,7 @@ class DatasetSpec(BaseModel):
     split: str | None = None
     data_files: str | list[str] | None = None  # local JSON/JSONL/parquet; may use {data_dir}
     fields: dict[str, str] = Field(default_factory=dict)  # canonical field -> column
+    general: bool | None = None  # general text (not task data); default: true for c4, mmlu, text
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
@@ -74,22 +86,35 @@ class DatasetSpec(BaseModel):
     def label(self) -> str:
         return self.name or self.adapter
 
+    @property
+    def is_general(self) -> bool:
+        return self.general if self.general is not None else self.adapter in GENERAL_ADAPTERS
+
 
 class Mix(BaseModel):
-    """A calibration mix: datasets with counts or weights, sequence length, seed."""
+    """A calibration mix: datasets with counts or weights, sequence length, packing, seed, score gates."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
     seq_len: int = Field(default=2048, gt=0)
     samples: int = Field(default=256, gt=0)
+    # Pack rows end to end into sequences of exactly seq_len tokens (a sample is then one packed
+    # sequence); otherwise a sample is one row, cut at seq_len.
+    pack: bool = False
     seed: int = 0
+    # How scoring weighs each routed expert's output (see bench.engine.planning.prune_plan.SCORE_GATES);
+    # None leaves it to the prune options (default "router").
+    score_gates: ScoreGates | None = None
     shuffle_buffer: int = Field(default=1000, gt=0)
     datasets: list[DatasetSpec] = Field(min_length=1)
     data_dir: str | None = None  # filled from --data-dir / BENCH_DATA_DIR, for {data_dir} paths
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not self.pack:
+            data.pop("pack")  # unpacked mixes keep the identity (and cache keys) they had before packing existed
+        return data
 
     def counts(self) -> list[int]:
         """Samples per dataset: explicit counts, and the rest split by weight (largest remainder)."""
@@ -103,6 +128,64 @@ class Mix(BaseModel):
         for key in sorted(shares, key=lambda k: shares[k] - floors[k], reverse=True)[:leftover]:
             floors[key] += 1
         return [d.count if d.count is not None else floors[id(d)] for d in self.datasets]
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens at most (exactly, when packed): the declared samples at full length."""
+        return sum(self.counts()) * self.seq_len
+
+    def general_share(self) -> float:
+        """Share of the samples drawn from general-text datasets."""
+        counts = self.counts()
+        return sum(c for d, c in zip(self.datasets, counts, strict=True) if d.is_general) / (sum(counts) or 1)
+
+    def with_general_share(self, share: float) -> Mix:
+        """The same mix with ``share`` of its samples from general text, the rest from task data.
+
+        The total stays the same; within each group, datasets keep their proportions (largest
+        remainder), and every dataset gets an explicit count. The name says the share, so a sweep's
+        mixes (and their cached steps) stay apart.
+        """
+        if not 0 <= share <= 1:
+            raise UserError(f"general_share {share} must be in [0, 1]")
+        general = [d.is_general for d in self.datasets]
+        if share > 0 and not any(general):
+            raise UserError(f"calibration mix {self.name!r} has no general-text dataset (C4, MMLU, or one marked "
+                            "general: true) for general_share to scale")
+        if share < 1 and all(general):
+            raise UserError(f"calibration mix {self.name!r} has only general-text datasets: general_share "
+                            f"{share} needs task data too")
+        counts = self.counts()
+        total = sum(counts)
+        wanted = {True: round(total * share), False: total - round(total * share)}
+        new_counts = list(counts)
+        for group in (True, False):
+            members = [i for i, g in enumerate(general) if g == group]
+            new_counts = _split(new_counts, members, wanted[group], [counts[i] for i in members])
+        datasets = [d.model_copy(update={"count": c, "weight": None}) for d, c in zip(self.datasets, new_counts,
+                                                                                      strict=True)]
+        if any(c == 0 for c in new_counts):
+            empty = [d.label for d, c in zip(self.datasets, new_counts, strict=True) if c == 0]
+            raise UserError(f"general_share {share} leaves no samples for {', '.join(empty)} in mix {self.name!r}: "
+                            "raise --samples or choose a share further from 0 and 1")
+        return self.model_copy(update={"name": f"{self.name}-general{round(share * 100)}", "datasets": datasets,
+                                       "samples": total})
+
+
+def _split(counts: list[int], members: list[int], total: int, weights: list[int]) -> list[int]:
+    """``counts`` with ``total`` spread over ``members`` in proportion to ``weights`` (largest remainder)."""
+    out = list(counts)
+    if not members:
+        return out
+    weight_sum = sum(weights) or len(weights)
+    shares = [total * (w if sum(weights) else 1) / weight_sum for w in weights]
+    floors = [int(s) for s in shares]
+    order = sorted(range(len(members)), key=lambda k: shares[k] - floors[k], reverse=True)
+    for k in order[: total - sum(floors)]:
+        floors[k] += 1
+    for member, value in zip(members, floors, strict=True):
+        out[member] = value
+    return out
 
 
 def recipe_names() -> list[str]:
@@ -143,6 +226,10 @@ def load_mix(
     updates: dict[str, Any] = {}
     if samples is not None:
         updates["samples"] = samples
+        if all(d.count is not None for d in mix.datasets):  # counts only: scale them to the new total
+            scaled = _split([0] * len(mix.datasets), list(range(len(mix.datasets))), samples, mix.counts())
+            updates["datasets"] = [d.model_copy(update={"count": max(c, 1)}) for d, c in zip(mix.datasets, scaled,
+                                                                                            strict=True)]
     if seq_len is not None:
         updates["seq_len"] = seq_len
     if seed is not None:
@@ -309,13 +396,18 @@ class PreflightReport:
     """What the preflight measured and estimated (nothing here read a model weight)."""
 
     mix: Mix
-    datasets: list[DatasetCheck]
-    total_tokens: int
-    estimated_seconds: float
-    estimated_memory_bytes: int
-    matmul_gflops: float
+    datasets: list[DatasetCheck]  # empty when no rows were read (an estimate from declared counts)
+    total_tokens: int  # tokens the run will score: measured mean x counts, else the declared maximum
+    cost: ScoringCost  # at total_tokens
+    declared: ScoringCost  # at the declared maximum (every sample full length)
+    scratch_dir: Path
+    scratch_free: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.cost.seconds
 
 
 def _measure_matmul_gflops(seconds: float = 0.3) -> float:
@@ -332,12 +424,50 @@ def _measure_matmul_gflops(seconds: float = 0.3) -> float:
     return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
-def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS) -> PreflightReport:
-    """Validate the first rows of every dataset and estimate the pruning cost, before reading weights."""
+def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS, device: str = "cpu",
+              scratch_dir: Path | str | None = None, chunk_tokens: int = 4096) -> PreflightReport:
+    """Check the first ``rows`` rows of every dataset and estimate the scoring cost, before reading weights.
+
+    With ``rows=0`` no data is read at all: the estimate then rests on the declared counts, every
+    sample at full length (exact for packed mixes, an upper bound otherwise). A scratch disk too
+    small for the hidden states the run will write fails here, naming the flag that moves them.
+    """
     started = time.perf_counter()
     checkpoint = Checkpoint.open(model_dir)  # headers only
+    moe = resolve_if_moe(checkpoint)
+    notes: list[str] = []
+    checks = _check_rows(mix, model_dir, rows, notes) if rows > 0 else []
+    if checks and not mix.pack:
+        total_tokens = sum(c.estimated_tokens for c in checks)
+    else:
+        total_tokens = mix.max_tokens
+        if not mix.pack:
+            notes.append("no rows read: tokens, time and scratch are upper bounds (every sample at full length)")
+    gflops = _measure_matmul_gflops()
+    declared = estimate_scoring_cost(checkpoint, moe, tokens=mix.max_tokens, seq_len=mix.seq_len, gflops=gflops,
+                                     device=device, chunk_tokens=chunk_tokens)
+    cost = estimate_scoring_cost(checkpoint, moe, tokens=total_tokens, seq_len=mix.seq_len, gflops=gflops,
+                                 device=device, chunk_tokens=chunk_tokens)
+    where = Path(scratch_dir or tempfile.gettempdir()).expanduser()
+    if not where.is_dir():
+        raise UserError(f"scratch directory {where} does not exist: create it or pass another --scratch-dir")
+    free = shutil.disk_usage(where).free
+    if cost.scratch_bytes > free:
+        message = (f"scoring {total_tokens} calibration tokens needs {gib(cost.scratch_bytes)} of scratch for the "
+                   f"hidden states between layers; {where} has {gib(free)} free: pass --scratch-dir on a larger "
+                   "disk, or fewer --samples / a shorter --seq-len")
+        if checks or mix.pack:
+            raise UserError(message)
+        notes.append(f"at full length, {message}")
+    if device.split(":")[0] != "cpu":
+        notes.append(f"the time is at this CPU's matmul rate; {device} is usually much faster")
+    return PreflightReport(mix, checks, total_tokens, cost, declared, where, free, time.perf_counter() - started,
+                           notes)
+
+
+def _check_rows(mix: Mix, model_dir: Path | str, rows: int, notes: list[str]) -> list[DatasetCheck]:
+    """Read, convert, render and tokenize the first ``rows`` rows of every dataset."""
     tokenizer = load_tokenizer(model_dir)
-    notes = []
     if not isinstance(tokenizer.chat_template, str) or not tokenizer.chat_template:
         notes.append("the tokenizer has no chat template: chat rows are rendered as plain role-prefixed text")
     checks = []
@@ -356,52 +486,29 @@ def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS) ->
             example = example or text[:160]
         if not lengths:
             raise UserError(f"calibration dataset {spec.label!r} ({source_label(spec)}) has no rows")
-        mean = sum(lengths) / len(lengths)
+        mean = mix.seq_len if mix.pack else sum(lengths) / len(lengths)
         checks.append(DatasetCheck(spec.label, source_label(spec), planned, len(lengths), mean,
                                    round(mean * planned), time.perf_counter() - t0, example))
-    total_tokens = sum(c.estimated_tokens for c in checks)
-    gflops = _measure_matmul_gflops()
-    seconds, memory = _estimate_cost(checkpoint, resolve_if_moe(checkpoint), total_tokens, gflops)
-    return PreflightReport(mix, checks, total_tokens, seconds, memory, gflops, time.perf_counter() - started, notes)
-
-
-def _estimate_cost(checkpoint: Any, moe: Any, tokens: int, gflops: float) -> tuple[float, int]:
-    """(seconds, bytes) for scoring ``tokens`` tokens layer by layer, from headers.
-
-    Time: two passes per layer (score, then the pruned layer's outputs) of 2 FLOPs per active
-    parameter per token, at the measured matmul rate. Memory: the calibration hidden states in
-    float32 (inputs and outputs) plus the largest decoder layer in float32.
-    """
-    hidden = int((moe.text if moe else checkpoint.config).get("hidden_size", 0) or 0)
-    layer_numel: dict[str, int] = {}
-    expert_numel = 0
-    for info in checkpoint.tensors.values():
-        parts = info.name.split(".")
-        if "layers" in parts:
-            key = ".".join(parts[: parts.index("layers") + 2])
-            layer_numel[key] = layer_numel.get(key, 0) + info.numel
-    if moe is not None:
-        expert_numel = sum(checkpoint.tensors[n].numel for n in moe.expert_tensor_names())
-    dense_numel = sum(layer_numel.values()) - expert_numel
-    active = dense_numel + (expert_numel * moe.top_k / moe.n_experts if moe else 0)
-    seconds = 2 * 2 * active * tokens / max(gflops * 1e9, 1.0)
-    memory = tokens * hidden * 4 * 2 + max(layer_numel.values(), default=0) * 4
-    return seconds, int(memory)
+    return checks
 
 
 def render_preflight(report: PreflightReport) -> str:
-    lines = [f"calibration mix {report.mix.name}: {report.mix.samples} samples x <= {report.mix.seq_len} tokens, "
-             f"seed {report.mix.seed}"]
-    for c in report.datasets:
-        lines.append(
-            f"  {c.label:<28} {c.planned_samples:>5} samples  ~{c.mean_tokens:7.0f} tok/sample  "
-            f"({c.rows_checked} rows checked in {c.seconds:.1f} s) {c.source}"
-        )
-    lines.append(
-        f"~{report.total_tokens} tokens; estimated scoring time {report.estimated_seconds:.0f} s at "
-        f"{report.matmul_gflops:.1f} GFLOP/s, memory {gib(report.estimated_memory_bytes)} "
-        f"(preflight took {report.seconds:.1f} s)"
-    )
+    mix = report.mix
+    shape = f"{mix.samples} sequences packed to {mix.seq_len} tokens" if mix.pack else \
+        f"{mix.samples} samples x <= {mix.seq_len} tokens"
+    gates = f", score gates {mix.score_gates}" if mix.score_gates else ""
+    lines = [f"calibration mix {mix.name}: {shape}, seed {mix.seed}{gates}"]
+    for spec, planned in zip(mix.datasets, mix.counts(), strict=True):
+        check = next((c for c in report.datasets if c.label == spec.label), None)
+        if check is None:
+            lines.append(f"  {spec.label:<28} {planned:>5} samples  (not read) {source_label(spec)}")
+        else:
+            per = "packed" if mix.pack else f"~{check.mean_tokens:.0f} tok/sample"
+            lines.append(f"  {check.label:<28} {planned:>5} samples  {per:>16}  ({check.rows_checked} rows checked "
+                         f"in {check.seconds:.1f} s) {check.source}")
+    measured = "" if report.total_tokens == mix.max_tokens else f" (at most {mix.max_tokens})"
+    lines.append(f"~{report.total_tokens} tokens{measured}; estimated cost (preflight took {report.seconds:.1f} s):")
+    lines.extend(render_cost(report.cost, report.scratch_dir, report.scratch_free))
     lines.extend(f"note: {note}" for note in report.notes)
     return "\n".join(lines)
 
@@ -424,12 +531,18 @@ class CalibrationSamples:
 
 
 def build_samples(mix: Mix, model_dir: Path | str) -> CalibrationSamples:
-    """Draw, render and tokenize every sample of the mix (seeded; truncated to ``seq_len``)."""
+    """Draw, render and tokenize every sample of the mix (seeded).
+
+    A sample is one row cut at ``seq_len`` tokens, or, for a packed mix, rows laid end to end
+    until ``seq_len`` tokens are filled (the row that overflows is cut, the next sequence starts
+    with a fresh row; a dataset that runs out leaves its last sequence shorter).
+    """
     tokenizer = load_tokenizer(model_dir)
     samples: list[list[int]] = []
     per_dataset: dict[str, int] = {}
     for spec, wanted in zip(mix.datasets, mix.counts(), strict=True):
         taken = 0
+        packed: list[int] = []
         for index, row in enumerate(iter_rows(spec, mix, shuffle=True)):
             if taken >= wanted:
                 break
@@ -438,10 +551,19 @@ def build_samples(mix: Mix, model_dir: Path | str) -> CalibrationSamples:
                 text = render(conversation, tokenizer)
             except SchemaError as exc:
                 raise UserError(f"calibration dataset {spec.label!r} row {index}: {exc}") from exc
-            ids = tokenize(text, conversation, tokenizer)[: mix.seq_len]
+            ids = tokenize(text, conversation, tokenizer)
+            if mix.pack:
+                packed.extend(ids[: mix.seq_len - len(packed)])
+                if len(packed) < mix.seq_len:
+                    continue
+                ids, packed = packed, []
+            ids = ids[: mix.seq_len]
             if len(ids) >= 2:
                 samples.append(ids)
                 taken += 1
+        if taken < wanted and len(packed) >= 2:
+            samples.append(packed)
+            taken += 1
         per_dataset[spec.label] = taken
         if taken == 0:
             raise UserError(f"calibration dataset {spec.label!r} ({source_label(spec)}) produced no samples")

@@ -4,16 +4,23 @@ Every linear weight becomes float8_e4m3fn with a float32 scale, per output chann
 or per block (FP8_BLOCK), experts in both on-disk layouts included; routers, norms, embeddings and
 lm_head keep their precision and are listed in the config's ``ignore`` so loaders know. Deciding
 all of it from headers lets ``bench fit`` predict the FP8 size exactly, without torch.
+
+A block-FP8 source (see :mod:`bench.engine.planning.fp8_source`) keeps its FP8 weights, their
+scales and its own ``quantization_config``; only linear weights it still holds in bf16 (and does
+not list as ignored) are quantized, in its own block size and scale naming. With none left, the
+checkpoint is already FP8 and there is nothing to do.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.engine.planning.checkpoint import Checkpoint, TensorInfo
+from bench.engine.planning.fp8_source import SCALE_SUFFIX, BlockFP8, block_fp8, quantization_of
 from bench.engine.planning.layout import PlannedTensor, predicted_file_bytes
 from bench.engine.planning.moe import MoEModel, resolve_if_moe
 from bench.errors import UserError
@@ -49,6 +56,7 @@ class QuantPlan:
     unfuse: bool
     tensors: list[TensorPlan]
     ignore: list[str]
+    source: BlockFP8 | None = None  # the checkpoint was block FP8 already: its format is kept
 
     @property
     def output(self) -> list[PlannedTensor]:
@@ -82,12 +90,15 @@ def plan_quantization(
     """
     if block is not None and block <= 0:
         raise UserError(f"--block must be a positive number of rows/columns, got {block}")
-    quant = checkpoint.config.get("quantization_config")
-    if quant:
+    quant = quantization_of(checkpoint.config)
+    if quant and quant.get("quant_method") != "fp8":
         raise UserError(
             f"{checkpoint.path} is already quantized ({quant.get('quant_method', quant.get('format', '?'))}); "
             "quantize the original bf16 checkpoint instead"
         )
+    source = block_fp8(checkpoint) if quant else None
+    if source is not None:
+        block = _source_block(checkpoint, source, block)
     moe = resolve_if_moe(checkpoint)
     experts = moe.expert_tensor_names() if moe else set()
     routers = moe.router_tensor_names() if moe else set()
@@ -99,14 +110,26 @@ def plan_quantization(
     plans: list[TensorPlan] = []
     ignore: list[str] = []
     fused_names = {n for layer in moe.layers if layer.layout == "fused" for n in layer.fused_tensors} if moe else set()
+    stored_fp8 = set(source.scales) | set(source.scales.values()) if source else set()
+    scale_of: Callable[[str], str] = (lambda name: name + SCALE_SUFFIX) if source else _scale_name
     for info in checkpoint.in_file_order():
+        if info.name in stored_fp8:
+            if skip_experts and info.name in experts:
+                raise UserError(
+                    f"--skip-experts keeps routed experts in bf16, but {checkpoint.path} stores them in FP8 already "
+                    f"({info.name}): drop --skip-experts"
+                )
+            plans.append(TensorPlan(info, "keep", "already FP8", (PlannedTensor(info.name, info.dtype, info.shape),)))
+            continue
         reason = _keep_reason(info, experts, routers, shared_gates, family_keep, always, skip_experts)
+        if reason is None and source is not None and source.is_ignored(info.name):
+            reason = "the source keeps it unquantized"
         if reason is None and unfuse and info.name in fused_names:
-            plans.extend(_unfused_plans(info, block, moe))
+            plans.extend(_unfused_plans(info, block, moe, scale_of))
             continue
         if reason is None:
             weight = PlannedTensor(info.name, "F8_E4M3", info.shape)
-            scale = PlannedTensor(_scale_name(info.name), "F32", scale_shape(info.shape, block))
+            scale = PlannedTensor(scale_of(info.name), "F32", scale_shape(info.shape, block))
             kind = "expert" if info.name in experts else "linear"
             plans.append(TensorPlan(info, "quantize", kind, (weight, scale)))
             continue
@@ -118,10 +141,32 @@ def plan_quantization(
     if skip_experts and experts:
         # vLLM asks for <experts>.0.<proj> of every MoE layer; one pattern covers both layouts.
         ignore.append(r"re:.*\.experts\..*")
-    return QuantPlan(checkpoint, moe, block, skip_experts, unfuse, plans, ignore)
+    if source is not None and not any(p.action == "quantize" for p in plans):
+        raise UserError(
+            f"{checkpoint.path} is already FP8 ({source.describe()}, {len(source.scales)} float8 weights): every "
+            "linear weight FP8 covers is stored in float8_e4m3fn, so there is nothing to quantize; serve or prune it "
+            "as it is"
+        )
+    return QuantPlan(checkpoint, moe, block, skip_experts, unfuse, plans, ignore, source)
 
 
-def _unfused_plans(info: TensorInfo, block: int | None, moe: MoEModel | None) -> list[TensorPlan]:
+def _source_block(checkpoint: Checkpoint, source: BlockFP8, block: int | None) -> int:
+    """The block edge for a block-FP8 source's remaining bf16 weights: its own, so one config covers all."""
+    rows, cols = source.block
+    if rows != cols:
+        raise UserError(
+            f"{checkpoint.path} is {source.describe()}: quantizing its remaining bf16 weights needs square blocks"
+        )
+    if block is not None and block != rows:
+        raise UserError(
+            f"{checkpoint.path} is {source.describe()} already: its remaining bf16 weights are quantized in the same "
+            f"blocks, so drop --block or pass --block {rows}"
+        )
+    return rows
+
+
+def _unfused_plans(info: TensorInfo, block: int | None, moe: MoEModel | None,
+                   scale_of: Callable[[str], str]) -> list[TensorPlan]:
     """Per-expert 2D plans for one fused 3D expert tensor (gate_up_proj splits into gate and up)."""
     assert moe is not None
     stems = moe.family.projections
@@ -139,7 +184,7 @@ def _unfused_plans(info: TensorInfo, block: int | None, moe: MoEModel | None) ->
             shape = (stop - start, in_dim)
             outputs = (
                 PlannedTensor(name, "F8_E4M3", shape),
-                PlannedTensor(_scale_name(name), "F32", scale_shape(shape, block)),
+                PlannedTensor(scale_of(name), "F32", scale_shape(shape, block)),
             )
             plans.append(TensorPlan(info, "quantize", "expert", outputs, select=(expert, start, stop)))
     return plans
@@ -181,7 +226,10 @@ def quantization_config(plan: QuantPlan) -> dict[str, Any]:
     """The ``quantization_config`` block, built by compressed-tensors from its own preset scheme.
 
     compressed-tensors (engine extra) is imported here only: planning itself stays torch-free.
+    A block-FP8 source keeps its own block, unchanged.
     """
+    if plan.source is not None:
+        return dict(quantization_of(plan.checkpoint.config) or {})
     from compressed_tensors import CompressionFormat
     from compressed_tensors.quantization import (
         QuantizationConfig,

@@ -22,6 +22,13 @@ from bench.errors import UserError
 
 Criterion = Literal["reap", "frequency", "mean-gate", "ean", "random"]
 CRITERIA: tuple[str, ...] = ("reap", "frequency", "mean-gate", "ean", "random")
+# How scoring weighs a routed expert's output, apart from what the pruned config serves:
+#   router        the weight the model itself applies (renormalized over the top-k when its router does)
+#   renormalized  the top-k weights scaled to sum to 1 per token (REAP's renormalize_router_weights on)
+#   raw           the router's softmax over all experts, at the chosen ones (REAP's setting off, its
+#                 default until March 2026)
+SCORE_GATES: tuple[str, ...] = ("router", "renormalized", "raw")
+HIDDEN_STORES: tuple[str, ...] = ("bfloat16", "float32", "memory")
 
 
 @dataclass(frozen=True)
@@ -114,13 +121,17 @@ class PruneOptions:
     keep: int | None = None
     criterion: str = "reap"
     selection: str = "per-layer"  # or "global"
-    renormalize: bool | None = None  # None keeps the checkpoint's own setting
+    renormalize: bool | None = None  # the served config's switch; None keeps the checkpoint's own setting
+    score_gates: str | None = None  # see SCORE_GATES; None: the calibration mix's, else "router"
     propagate: str = "pruned"  # hidden states handed on: "pruned" layer outputs or "unpruned"
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     chunk_tokens: int = 4096
     max_shard_bytes: int = 4 << 30
+    # Hidden states between layers: a scratch file in bfloat16 (or float32), or "memory" (small runs).
+    hidden_store: str = "bfloat16"
+    scratch_dir: str | None = None  # where the scratch file goes; None: the system's temporary folder
 
     def validate(self) -> None:
         if self.criterion not in CRITERIA:
@@ -131,6 +142,10 @@ class PruneOptions:
             raise UserError(f"propagate must be 'pruned' or 'unpruned', got {self.propagate!r}")
         if self.chunk_tokens <= 0:
             raise UserError("chunk_tokens must be positive")
+        if self.score_gates is not None and self.score_gates not in SCORE_GATES:
+            raise UserError(f"--score-gates {self.score_gates!r} is not one of {', '.join(SCORE_GATES)}")
+        if self.hidden_store not in HIDDEN_STORES:
+            raise UserError(f"hidden_store {self.hidden_store!r} is not one of {', '.join(HIDDEN_STORES)}")
 
 
 def select_experts(
@@ -164,13 +179,23 @@ def select_experts(
 
 
 def renormalization(moe: MoEModel, renormalize: bool | None) -> dict[str, Any]:
-    """Config change for ``--renormalize/--no-renormalize``; families without the switch say so."""
+    """Config change for ``--renormalize/--no-renormalize``; families without the switch say so.
+
+    This is what the pruned model serves with. How scoring weighs expert outputs is a separate
+    choice (``score_gates``), open to every family.
+    """
     if renormalize is None:
         return {}
     key = moe.family.renorm_key
     if key is None:
         raise UserError(
             f"{moe.family.title} has no router renormalization switch in its config (its router always "
-            "renormalizes top-k weights): drop --renormalize/--no-renormalize"
+            "renormalizes top-k weights): drop --renormalize/--no-renormalize; to score with the gates "
+            "before renormalization (REAP's renormalize_router_weights off), pass --score-gates raw"
         )
     return {key: renormalize}
+
+
+def score_gates_for(options: PruneOptions, mix_score_gates: str | None) -> str:
+    """The gates scoring uses: the options' choice, else the calibration mix's, else the router's own."""
+    return options.score_gates or mix_score_gates or "router"

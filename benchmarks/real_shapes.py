@@ -1,0 +1,303 @@
+"""The engine at Qwen3.6-35B-A3B's real layer shapes: scoring speed and memory, prune and FP8 times, 40-layer outlook.
+
+Builds, in a temporary folder, a checkpoint whose decoder layers have Qwen3.6-35B-A3B's shapes
+(hidden 2048, 256 routed experts 512 wide, top-8, a 512-wide shared expert; Gated DeltaNet linear
+attention with 16 key and 32 value heads of 128, and gated full attention with 16 query heads and
+2 KV heads of 256, three linear layers to one full one), with random bf16 weights and the real
+vocabulary of 248,320. It is the text model only (``Qwen3_5MoeForCausalLM``, ``model.layers.*``):
+the real checkpoint wraps the same layers in a vision-language model. Experts are stored fused
+(``experts.gate_up_proj``, ``[256, 1024, 2048]``), as the family ships them. Then prints, in one run:
+
+1. REAP scoring (``bench prune``'s ``prune_checkpoint``, in a fresh process each) at 1x and 4x the
+   calibration tokens: scoring tokens per second, peak RSS (VmHWM), and the growth of the peak from
+   1x to 4x, which should be near zero (the hidden states between layers live in a scratch file);
+   scoring seconds per layer, linear-attention and full-attention layers apart;
+2. prune write time per layer (the pruned checkpoint's bytes) and FP8 quantize time per layer
+   (``bench quantize``, per-channel FP8 with experts, on the pruned checkpoint);
+3. the extrapolation to the real model's 40 layers (30 linear, 10 full) and to a calibration set
+   of 1,024 sequences of 16,384 tokens, at this machine's speed.
+
+Every figure carries the 1-minute load average when it was taken: the machine may be shared.
+Tokens are synthetic text packed into full sequences (their content does not matter to timing
+with random weights).
+
+    .venv/bin/python benchmarks/real_shapes.py [--layers 2] [--seq-len 512] [--sequences 4]
+                                               [--keep 128] [--device cpu] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Qwen3.6-35B-A3B (model_type qwen3_5_moe, its text_config): the shapes that set time and memory.
+QWEN36_35B_A3B: dict[str, Any] = {
+    "vocab_size": 248320, "hidden_size": 2048, "num_hidden_layers": 40, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "head_dim": 256, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+    "num_experts": 256, "num_experts_per_tok": 8, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+    "full_attention_interval": 4, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+    "tie_word_embeddings": False,
+}
+REAL_LAYERS = 40
+FIELD_SEQUENCES, FIELD_SEQ_LEN = 1024, 16384  # the REAP agentic recipe's scale
+WORDS = ("expert router token layer prune model weight scale memory kernel tensor cache batch score "
+         "attention python function return value list dict loop class import error test serve").split()
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def layer_types(layers: int) -> list[str]:
+    """Qwen3.6's pattern (every fourth layer full attention), ending on a full layer when short."""
+    if layers < 4:
+        return ["linear_attention"] * (layers - 1) + ["full_attention"]
+    return ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
+
+
+def config(layers: int) -> dict[str, Any]:
+    from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
+
+    values = {**QWEN36_35B_A3B, "num_hidden_layers": layers, "layer_types": layer_types(layers)}
+    values.pop("full_attention_interval")
+    text = Qwen3_5MoeTextConfig(**values, bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    out = text.to_dict()
+    out.update(architectures=["Qwen3_5MoeForCausalLM"], torch_dtype="bfloat16")
+    return out
+
+
+def build(out: Path, layers: int) -> Path:
+    """Write the real-shape checkpoint tensor by tensor (one tensor in memory at a time)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from bench.engine.compute.stream_writer import write_streamed
+    from bench.engine.planning.layout import PlannedTensor
+
+    raw = config(layers)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
+    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    del skeleton
+    plan = [PlannedTensor(name, "BF16", shape) for name, shape in shapes.items()]
+    generator = torch.Generator().manual_seed(0)
+
+    def tensors():  # type: ignore[no-untyped-def]
+        for t in plan:
+            if t.name.endswith("norm.weight") or len(t.shape) == 1:
+                yield t.name, (1.0 + 0.1 * torch.randn(t.shape, generator=generator)).to(torch.bfloat16)
+            else:
+                scale = 0.5 / math.sqrt(t.shape[-1])
+                # Fused experts in slices of 16: never a whole float32 [256, 1024, 2048] in memory.
+                for start in range(0, t.shape[0], 16 if len(t.shape) == 3 else t.shape[0]):
+                    rows = min(16 if len(t.shape) == 3 else t.shape[0], t.shape[0] - start)
+                    chunk = torch.randn((rows, *t.shape[1:]), generator=generator) * scale
+                    yield t.name, chunk.to(torch.bfloat16)
+
+    write_streamed(out, plan, tensors(), max_shard_bytes=2 << 30)
+    (out / "config.json").write_text(json.dumps(raw, indent=1))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=["<|pad|>", "<|im_end|>", "<|im_start|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(synthetic_text(50, 1), trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>").save_pretrained(out)
+    return out
+
+
+def synthetic_text(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(300, 900))) for _ in range(count)]
+
+
+def write_mix(work: Path, sequences: int, seq_len: int) -> Path:
+    """A packed mix of exactly ``sequences`` x ``seq_len`` tokens of synthetic text."""
+    data = work / "text.jsonl"
+    if not data.is_file():
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in synthetic_text(2000, 2)))
+    mix = work / f"mix-{sequences}x{seq_len}.yaml"
+    mix.write_text(json.dumps({"name": mix.stem, "seq_len": seq_len, "samples": sequences, "pack": True, "seed": 0,
+                               "datasets": [{"adapter": "text", "count": sequences, "data_files": str(data)}]}))
+    return mix
+
+
+# --------------------------------------------------------------------------------------------
+# Children: each measurement in a fresh process, so each peak RSS is its own
+
+
+def child_prune(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.engine.compute.memory import peak_rss_bytes
+    from bench.engine.compute.prune import prune_checkpoint
+    from bench.engine.planning.calibration import load_mix
+    from bench.engine.planning.prune_plan import PruneOptions
+
+    lines: list[tuple[float, str]] = []
+    mix = load_mix(args.mix)
+    options = PruneOptions(keep=args.keep, device=args.device, scratch_dir=args.scratch)
+    result = prune_checkpoint(args.model, args.out, mix, options, progress=lambda line: lines.append((time.time(), line)))
+    layers = []
+    for _, line in lines:
+        match = re.match(r"layer (\d+): scored .* on (\d+) tokens in ([0-9.]+) s", line)
+        if match:
+            layers.append({"layer": int(match[1]), "tokens": int(match[2]), "seconds": float(match[3])})
+    return {"seconds": result.seconds, "scoring_seconds": result.record["scoring_seconds"],
+            "tokens": result.record["calibration"]["tokens"], "peak_rss": peak_rss_bytes(), "layers": layers,
+            "after_bytes": result.after_bytes, "load": os.getloadavg()[0]}
+
+
+def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The fixed cost: interpreter, torch, transformers, the tokenizer and the model classes, no weights."""
+    from bench.engine.compute.memory import peak_rss_bytes
+    from bench.engine.compute.reap import LayerRunner
+    from bench.engine.planning.calibration import load_tokenizer
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.moe import resolve
+
+    checkpoint = Checkpoint.open(args.model)
+    load_tokenizer(args.model)
+    LayerRunner(checkpoint, resolve(checkpoint)).close()
+    return {"peak_rss": peak_rss_bytes()}
+
+
+def child_quantize(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.engine.compute.fp8 import quantize_checkpoint
+    from bench.engine.compute.memory import peak_rss_bytes
+
+    marks: list[tuple[float, str]] = []
+    started = time.time()
+    result = quantize_checkpoint(args.model, args.out, progress=lambda line: marks.append((time.time(), line)))
+    per_layer: dict[int, float] = {}
+    last = started
+    for stamp, line in marks:
+        match = re.search(r"layers\.(\d+)\.", line)
+        if match:
+            per_layer[int(match[1])] = per_layer.get(int(match[1]), 0.0) + stamp - last
+        last = stamp
+    return {"seconds": result.seconds, "per_layer": per_layer, "peak_rss": peak_rss_bytes(),
+            "after_bytes": result.after_bytes, "load": os.getloadavg()[0]}
+
+
+def run_child(kind: str, **kwargs: Any) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", kind]
+    for key, value in kwargs.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{result.stderr[-3000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--sequences", type=int, default=4, help="sequences at 1x (4x runs four times as many)")
+    parser.add_argument("--keep", type=int, default=128, help="experts kept per layer (of 256)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mix", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        children = {"prune": child_prune, "baseline": child_baseline, "quantize": child_quantize}
+        print(json.dumps(children[args.child](args)))
+        return
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-real-shapes-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        report(args, work)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, work: Path) -> None:
+    started = time.perf_counter()
+    model = work / "model"
+    if not (model / "config.json").is_file():
+        build(model, args.layers)
+    types = layer_types(args.layers)
+    size = sum(f.stat().st_size for f in model.glob("*.safetensors"))
+    print(f"checkpoint: Qwen3.6-35B-A3B layer shapes, {args.layers} layers ({', '.join(types)}), "
+          f"{gib(size)}, built in {time.perf_counter() - started:.0f} s ({load()})")
+    scratch = work / "scratch"
+    scratch.mkdir(exist_ok=True)
+    baseline = run_child("baseline", model=model)
+    runs = {}
+    for factor in (1, 4):
+        sequences = args.sequences * factor
+        mix = write_mix(work, sequences, args.seq_len)
+        out = work / f"pruned-{factor}x"
+        shutil.rmtree(out, ignore_errors=True)
+        runs[factor] = run_child("prune", model=model, out=out, mix=mix, keep=args.keep, device=args.device,
+                                 scratch=scratch)
+    print(f"fixed cost (interpreter, torch, transformers, tokenizer, model classes): peak RSS {gib(baseline['peak_rss'])}")
+    for factor, run in runs.items():
+        rate = run["tokens"] / run["scoring_seconds"]
+        print(f"REAP scoring {factor}x: {run['tokens']} tokens ({args.sequences * factor} x {args.seq_len}) in "
+              f"{run['scoring_seconds']:.1f} s = {rate:.0f} tokens/s; peak RSS {gib(run['peak_rss'])} "
+              f"(net of the fixed cost {gib(run['peak_rss'] - baseline['peak_rss'])}) (load {run['load']:.2f})")
+    growth = runs[4]["peak_rss"] - runs[1]["peak_rss"]
+    print(f"peak RSS from 1x to 4x tokens: {growth / (1 << 20):+.0f} MiB ({growth / runs[1]['peak_rss']:+.1%}); "
+          f"the in-memory path would have added {gib(3 * args.sequences * args.seq_len * 2048 * 4)} of float32 states")
+
+    by_type: dict[str, list[float]] = {"linear_attention": [], "full_attention": []}
+    for entry in runs[4]["layers"]:
+        by_type[types[entry["layer"]]].append(entry["seconds"] / entry["tokens"])
+    per_token = {kind: sum(v) / len(v) for kind, v in by_type.items() if v}
+    for kind, seconds in per_token.items():
+        print(f"  scoring per layer, {kind}: {seconds * 1e3:.3f} ms per token (both passes), 4x run")
+
+    prune_write = runs[1]["seconds"] - runs[1]["scoring_seconds"]
+    quant = run_child("quantize", model=work / "pruned-1x", out=work / "fp8")
+    quant_layer = sum(quant["per_layer"].values()) / max(len(quant["per_layer"]), 1)
+    print(f"prune (everything but scoring: samples, plan, write {gib(runs[1]['after_bytes'])}): {prune_write:.1f} s, "
+          f"{prune_write / args.layers:.1f} s per layer (embeddings and head included) (load {runs[1]['load']:.2f})")
+    print(f"quantize FP8 (per-channel, experts too) of the pruned checkpoint: {quant['seconds']:.1f} s in all, "
+          f"{quant_layer:.1f} s per decoder layer; peak RSS {gib(quant['peak_rss'])} (load {quant['load']:.2f})")
+
+    full, linear = REAL_LAYERS // 4, REAL_LAYERS - REAL_LAYERS // 4
+    per_token_40 = linear * per_token.get("linear_attention", 0.0) + full * per_token.get("full_attention", 0.0)
+    field_tokens = FIELD_SEQUENCES * FIELD_SEQ_LEN
+    print(f"40 layers ({linear} linear, {full} full), at this machine's speed and {args.seq_len}-token sequences:")
+    print(f"  scoring: {per_token_40 * 1e3:.1f} ms per calibration token -> {per_token_40 * runs[4]['tokens'] / 60:.1f} "
+          f"min for this run's {runs[4]['tokens']} tokens, {per_token_40 * field_tokens / 3600 / 24:.1f} days for "
+          f"{FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens (longer sequences cost more per token in full attention)")
+    print(f"  prune write ~{prune_write / args.layers * REAL_LAYERS / 60:.1f} min; FP8 quantize "
+          f"~{quant_layer * REAL_LAYERS / 60:.1f} min")
+    print(f"  scratch disk for {FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens: {gib(field_tokens * 2048 * 2)} (bfloat16); "
+          f"peak RSS stays ~{gib(runs[4]['peak_rss'])} plus "
+          f"{gib(field_tokens * 36)} of token ids")
+    print(f"total benchmark time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
