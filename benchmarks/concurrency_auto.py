@@ -9,7 +9,11 @@ prompts (same max_tokens, temperature 0) two ways:
 Prints bench's throughput with ``auto`` (and the levels it chose), each fixed level's throughput, the
 best of them, and the ratio (target: at least 0.9). Every figure is the best of ``--rounds`` rounds.
 
-    .venv/bin/python benchmarks/concurrency_auto.py [--prompts 300] [--levels 1,2,4,8,16,32] [--rounds 1]
+    .venv/bin/python benchmarks/concurrency_auto.py [--prompts 300] [--levels 1,2,4,8,16,32] [--rounds 1] [--bench-fixed]
+
+On a machine short of CPU, bench's own per-item work (session, scoring, validated append) competes
+with the server; ``--bench-fixed`` also runs bench at each fixed level, to tell that cost from the
+level ``auto`` chose.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from bench.engine.toys.builders import build_scripted
 from bench.pack import Item, Sampling
 from bench.packs.smoke.pack import SmokePack
 from bench.records import ConcurrencyLevels
-from bench.run.concurrency import AUTO, ConcurrencyControl, client_limit
+from bench.run.concurrency import AUTO, Concurrency, ConcurrencyControl, client_limit
 from bench.run.runner import PackPlan, RunPlan, run_plan
 from bench.run.store import RunStore
 from bench.serve.launch import LaunchConfig, serving
@@ -54,13 +58,14 @@ def prompts(n: int) -> list[str]:
     return [f"Say hello to visitor number {i}." for i in range(n)]
 
 
-async def bench_auto(url: str, texts: list[str], max_tokens: int, run_dir: Path) -> tuple[float, int, ConcurrencyLevels]:
-    """Seconds to ask every prompt through bench's runner with ``auto``, the tokens it got, and the levels."""
+async def bench_run(url: str, texts: list[str], max_tokens: int, run_dir: Path,
+                    setting: Concurrency = AUTO) -> tuple[float, int, ConcurrencyLevels]:
+    """Seconds to ask every prompt through bench's runner, the tokens it got, and the levels it used."""
     items = [Item(id=f"say-{i}", data={"kind": "say", "prompt": text}) for i, text in enumerate(texts)]
     plan = RunPlan(packs={"smoke": PackPlan(SmokePack(), items, Sampling(temperature=0.0, max_tokens=max_tokens))},
-                   concurrency=AUTO)
-    client = ChatClient(ClientConfig(endpoints=[url], model=MODEL, concurrency=client_limit(AUTO), timeout_s=600.0))
-    control = ConcurrencyControl(AUTO, [url.removesuffix("/v1")])
+                   concurrency=setting)
+    client = ChatClient(ClientConfig(endpoints=[url], model=MODEL, concurrency=client_limit(setting), timeout_s=600.0))
+    control = ConcurrencyControl(setting, [url.removesuffix("/v1")])
     started = time.perf_counter()
     counters = await run_plan(plan, client, RunStore(run_dir), show_progress=False, concurrency=control)
     elapsed = time.perf_counter() - started
@@ -99,6 +104,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8,16,32", help="fixed concurrencies for vLLM's client")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--bench-fixed", action="store_true",
+                        help="also run bench itself at each fixed level (tells the level's choice from bench's own cost)")
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     python = os.environ.get("BENCH_VLLM_PYTHON", str(REPO / ".vllm-venv" / "bin" / "python"))
@@ -112,11 +119,12 @@ def main() -> None:
                               serve=ServeOptions(python=python, max_model_len=1024), cache_root=tmp / "cache")
         ours: list[tuple[float, int, ConcurrencyLevels]] = []
         theirs: dict[int, list[dict[str, float]]] = {level: [] for level in levels}
+        fixed: dict[int, list[float]] = {level: [] for level in levels}
         with serving(config, tmp / "server.log") as server:
             print(f"vLLM ready in {server.start_seconds:.1f} s; {args.prompts} prompts, max_tokens {args.max_tokens}")
-            asyncio.run(bench_auto(server.base_url + "/v1", texts[:16], args.max_tokens, tmp / "warm"))
+            asyncio.run(bench_run(server.base_url + "/v1", texts[:16], args.max_tokens, tmp / "warm"))
             for round_ in range(args.rounds):  # interleaved, so drift in the machine hits both alike
-                ours.append(asyncio.run(bench_auto(server.base_url + "/v1", texts, args.max_tokens, tmp / f"bench{round_}")))
+                ours.append(asyncio.run(bench_run(server.base_url + "/v1", texts, args.max_tokens, tmp / f"bench{round_}")))
                 seconds, tokens, used = ours[-1]
                 print(f"round {round_ + 1}: bench auto {args.prompts / seconds:.2f} req/s, {tokens / seconds:.1f} tok/s "
                       f"(levels {used.lowest}..{used.highest}, mean {used.mean:g}, final {used.final})", flush=True)
@@ -126,6 +134,11 @@ def main() -> None:
                     theirs[level].append(result)
                     print(f"round {round_ + 1}: vLLM client at {level:>3}: {result['request_throughput']:.2f} req/s, "
                           f"{result['output_throughput']:.1f} tok/s", flush=True)
+                    if args.bench_fixed:
+                        took = asyncio.run(bench_run(server.base_url + "/v1", texts, args.max_tokens,
+                                                     tmp / f"bench{round_}-{level}", level))[0]
+                        fixed[level].append(took)
+                        print(f"round {round_ + 1}: bench fixed at {level:>3}: {args.prompts / took:.2f} req/s", flush=True)
     seconds, tokens, used = min(ours, key=lambda o: o[0])
     best = {level: max(runs, key=lambda r: r["request_throughput"]) for level, runs in theirs.items()}
     top_level = max(best, key=lambda level: best[level]["request_throughput"])
@@ -138,6 +151,11 @@ def main() -> None:
     print(f"best fixed (vLLM client at {top_level}): {top['request_throughput']:.2f} req/s, "
           f"{top['output_throughput']:.1f} output tok/s over {top['duration']:.1f} s")
     print(f"output tokens: bench {tokens}, vLLM client {int(top['total_output_tokens'])} (same prompts, same max_tokens)")
+    if args.bench_fixed:
+        rates = {level: args.prompts / min(runs) for level, runs in fixed.items()}
+        best_level = max(rates, key=lambda level: rates[level])
+        print("bench, fixed: " + ", ".join(f"{level}: {rate:.2f}" for level, rate in rates.items()) + " req/s")
+        print(f"bench auto / bench's best fixed (at {best_level}): {ours_rps / rates[best_level]:.3f}")
     print(f"bench auto / best fixed: {ours_rps / top['request_throughput']:.3f} (target >= 0.9)")
 
 

@@ -176,6 +176,27 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     return {"peak_rss": peak_rss_bytes()}
 
 
+def child_upcast(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds to upcast one layer's 256 routed experts to float32, the cost each sequence pays per pass."""
+    import torch
+
+    from bench.engine.compute.reap import LayerRunner, _experts_module
+    from bench.engine.planning.checkpoint import Checkpoint
+    from bench.engine.planning.moe import resolve
+
+    checkpoint = Checkpoint.open(args.model)
+    module = LayerRunner(checkpoint, resolve(checkpoint)).build(0)
+    experts = _experts_module(module)
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for e in range(experts.gate_up_proj.shape[0]):
+            experts.gate_up_proj[e].to(torch.float32)
+            experts.down_proj[e].to(torch.float32)
+        best = min(best, time.perf_counter() - started)
+    return {"seconds": best}
+
+
 def child_quantize(args: argparse.Namespace) -> dict[str, Any]:
     from bench.engine.compute.fp8 import quantize_checkpoint
     from bench.engine.compute.memory import peak_rss_bytes
@@ -194,8 +215,8 @@ def child_quantize(args: argparse.Namespace) -> dict[str, Any]:
             "after_bytes": result.after_bytes, "load": os.getloadavg()[0]}
 
 
-def run_child(kind: str, **kwargs: Any) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", kind]
+def run_child(kind: str, threads: int, **kwargs: Any) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", kind, "--threads", str(threads)]
     for key, value in kwargs.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -218,6 +239,9 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=4, help="sequences at 1x (4x runs four times as many)")
     parser.add_argument("--keep", type=int, default=128, help="experts kept per layer (of 256)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 on a shared, overloaded machine, where OpenMP "
+                        "spin-waits make small kernels tens of times slower")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
@@ -226,7 +250,12 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        children = {"prune": child_prune, "baseline": child_baseline, "quantize": child_quantize}
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        children = {"prune": child_prune, "baseline": child_baseline, "quantize": child_quantize,
+                    "upcast": child_upcast}
         print(json.dumps(children[args.child](args)))
         return
 
@@ -250,34 +279,41 @@ def report(args: argparse.Namespace, work: Path) -> None:
           f"{gib(size)}, built in {time.perf_counter() - started:.0f} s ({load()})")
     scratch = work / "scratch"
     scratch.mkdir(exist_ok=True)
-    baseline = run_child("baseline", model=model)
+    baseline = run_child("baseline", args.threads, model=model)
+    upcast = run_child("upcast", args.threads, model=model)["seconds"]
     runs = {}
     for factor in (1, 4):
         sequences = args.sequences * factor
         mix = write_mix(work, sequences, args.seq_len)
         out = work / f"pruned-{factor}x"
         shutil.rmtree(out, ignore_errors=True)
-        runs[factor] = run_child("prune", model=model, out=out, mix=mix, keep=args.keep, device=args.device,
+        runs[factor] = run_child("prune", args.threads, model=model, out=out, mix=mix, keep=args.keep, device=args.device,
                                  scratch=scratch)
     print(f"fixed cost (interpreter, torch, transformers, tokenizer, model classes): peak RSS {gib(baseline['peak_rss'])}")
     for factor, run in runs.items():
         rate = run["tokens"] / run["scoring_seconds"]
         print(f"REAP scoring {factor}x: {run['tokens']} tokens ({args.sequences * factor} x {args.seq_len}) in "
-              f"{run['scoring_seconds']:.1f} s = {rate:.0f} tokens/s; peak RSS {gib(run['peak_rss'])} "
+              f"{run['scoring_seconds']:.1f} s = {rate:.1f} tokens/s; peak RSS {gib(run['peak_rss'])} "
               f"(net of the fixed cost {gib(run['peak_rss'] - baseline['peak_rss'])}) (load {run['load']:.2f})")
     growth = runs[4]["peak_rss"] - runs[1]["peak_rss"]
     print(f"peak RSS from 1x to 4x tokens: {growth / (1 << 20):+.0f} MiB ({growth / runs[1]['peak_rss']:+.1%}); "
           f"the in-memory path would have added {gib(3 * args.sequences * args.seq_len * 2048 * 4)} of float32 states")
 
+    # Per layer and pass, each sequence pays one upcast of the layer's experts, then per-token work:
+    # split the measured layer times into those two parts, so longer sequences extrapolate right.
+    passes = 2
     by_type: dict[str, list[float]] = {"linear_attention": [], "full_attention": []}
+    sequences_4x = args.sequences * 4
     for entry in runs[4]["layers"]:
-        by_type[types[entry["layer"]]].append(entry["seconds"] / entry["tokens"])
-    per_token = {kind: sum(v) / len(v) for kind, v in by_type.items() if v}
-    for kind, seconds in per_token.items():
-        print(f"  scoring per layer, {kind}: {seconds * 1e3:.3f} ms per token (both passes), 4x run")
+        per_token = (entry["seconds"] - sequences_4x * passes * upcast) / entry["tokens"]
+        by_type[types[entry["layer"]]].append(max(per_token, 0.0))
+    token_cost = {kind: sum(v) / len(v) for kind, v in by_type.items() if v}
+    print(f"  expert upcast (256 experts to float32), paid per sequence, layer and pass: {upcast:.2f} s")
+    for kind, seconds in token_cost.items():
+        print(f"  scoring per layer, {kind}: {seconds * 1e3:.3f} ms per token beyond the upcast (both passes), 4x run")
 
     prune_write = runs[1]["seconds"] - runs[1]["scoring_seconds"]
-    quant = run_child("quantize", model=work / "pruned-1x", out=work / "fp8")
+    quant = run_child("quantize", args.threads, model=work / "pruned-1x", out=work / "fp8")
     quant_layer = sum(quant["per_layer"].values()) / max(len(quant["per_layer"]), 1)
     print(f"prune (everything but scoring: samples, plan, write {gib(runs[1]['after_bytes'])}): {prune_write:.1f} s, "
           f"{prune_write / args.layers:.1f} s per layer (embeddings and head included) (load {runs[1]['load']:.2f})")
@@ -285,12 +321,13 @@ def report(args: argparse.Namespace, work: Path) -> None:
           f"{quant_layer:.1f} s per decoder layer; peak RSS {gib(quant['peak_rss'])} (load {quant['load']:.2f})")
 
     full, linear = REAL_LAYERS // 4, REAL_LAYERS - REAL_LAYERS // 4
-    per_token_40 = linear * per_token.get("linear_attention", 0.0) + full * per_token.get("full_attention", 0.0)
+    per_token_40 = linear * token_cost.get("linear_attention", 0.0) + full * token_cost.get("full_attention", 0.0)
     field_tokens = FIELD_SEQUENCES * FIELD_SEQ_LEN
-    print(f"40 layers ({linear} linear, {full} full), at this machine's speed and {args.seq_len}-token sequences:")
-    print(f"  scoring: {per_token_40 * 1e3:.1f} ms per calibration token -> {per_token_40 * runs[4]['tokens'] / 60:.1f} "
-          f"min for this run's {runs[4]['tokens']} tokens, {per_token_40 * field_tokens / 3600 / 24:.1f} days for "
-          f"{FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens (longer sequences cost more per token in full attention)")
+    field_seconds = per_token_40 * field_tokens + REAL_LAYERS * FIELD_SEQUENCES * passes * upcast
+    print(f"40 layers ({linear} linear, {full} full), at this machine's speed:")
+    print(f"  scoring: {per_token_40 * 1e3:.1f} ms per calibration token + {REAL_LAYERS * passes * upcast:.0f} s per "
+          f"sequence -> {field_seconds / 3600:.0f} h ({field_seconds / 86400:.1f} days) for {FIELD_SEQUENCES} x "
+          f"{FIELD_SEQ_LEN} tokens (full attention costs more per token at 16K than at {args.seq_len}: not counted)")
     print(f"  prune write ~{prune_write / args.layers * REAL_LAYERS / 60:.1f} min; FP8 quantize "
           f"~{quant_layer * REAL_LAYERS / 60:.1f} min")
     print(f"  scratch disk for {FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens: {gib(field_tokens * 2048 * 2)} (bfloat16); "

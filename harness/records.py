@@ -118,7 +118,7 @@ class ConcurrencyLevels(BaseModel):
     failed_samples: int = 0
     raised: int = 0
     lowered: int = 0
-    series: list[list[float]] = Field(default_factory=list)  # [seconds since start, level] at each change
+    series: list[tuple[float, int]] = Field(default_factory=list)  # (seconds since start, level) at each change
 
 
 class Manifest(BaseModel):

@@ -38,7 +38,8 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real vLLM server on the scripted model, launched the way `bench run` launches it."""
+    """One real vLLM server on the scripted model, launched the way `bench run` launches it (4096 tokens of
+    context: the agent pack's tool schemas take up to 2.3k)."""
     from bench.serve.launch import LaunchConfig, serving
     from bench.serve.model_info import choose_parsers, read_checkpoint
     from bench.serve.options import ServeOptions
@@ -47,7 +48,7 @@ def scripted_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFacto
     logs = tmp_path_factory.mktemp("server")
     config = LaunchConfig(
         model=scripted_model, served_model_name="scripted", parsers=choose_parsers(info),
-        serve=ServeOptions(python=vllm_python(), max_model_len=1024), cache_root=logs / "cache",
+        serve=ServeOptions(python=vllm_python(), max_model_len=4096), cache_root=logs / "cache",
     )
     with serving(config, logs / "server.log") as server:
         yield server.base_url

@@ -14,7 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.run.concurrency import AutoSettings, ConcurrencyControl, Controller, Gate, LevelLog, concurrency_value
+from bench.run.concurrency import (
+    AutoSettings,
+    ConcurrencyControl,
+    Controller,
+    Gate,
+    LevelLog,
+    concurrency_value,
+    tokens_per_second,
+)
 from bench.serve.metrics import ServerLoad, VllmMetrics, parse_load
 
 ROOM = ServerLoad(running=4, waiting=0, kv_usage=0.2)
@@ -22,18 +30,55 @@ QUEUED = ServerLoad(running=40, waiting=12, kv_usage=0.5)
 KV_FULL = ServerLoad(running=40, waiting=0, kv_usage=0.95)
 
 
-def drive(controller: Controller, level: int, readings: list[ServerLoad | None], *, binding: bool = True) -> list[int]:
-    """The levels after each reading, with every allowed item in flight (the level binds)."""
+FAST = AutoSettings(settle=0, window=1)  # every reading is a judgement
+
+
+def drive(controller: Controller, level: int, readings: list, *, binding: bool = True) -> list[int]:
+    """The levels after each reading, with every allowed item in flight (the level binds).
+
+    A reading is a load, or (load, generated tokens/s).
+    """
     levels = []
-    for load in readings:
-        level = controller.next_level(level, load, in_flight=level, binding=binding)
+    for reading in readings:
+        load, rate = reading if isinstance(reading, tuple) else (reading, None)
+        level = controller.next_level(level, load, in_flight=level, binding=binding, rate=rate)
         levels.append(level)
     return levels
 
 
-def test_auto_doubles_while_the_server_has_room_up_to_the_ceiling() -> None:
-    controller = Controller(AutoSettings(), ceiling=100)
-    assert drive(controller, 4, [ROOM] * 6) == [8, 16, 32, 64, 100, 100]
+def test_auto_doubles_while_it_pays_up_to_the_ceiling() -> None:
+    controller = Controller(FAST, ceiling=100)
+    rates = [100, 200, 400, 800, 1600, 2400, 2400]
+    assert drive(controller, 4, [(ROOM, r) for r in rates]) == [8, 16, 32, 64, 100, 100, 100]
+
+
+def test_a_doubling_that_does_not_pay_is_undone_and_becomes_the_knee() -> None:
+    # A server short of CPU: from 16 items on, no more tokens, though nothing queues.
+    controller = Controller(FAST, ceiling=256)
+    assert drive(controller, 4, [(ROOM, 100), (ROOM, 190), (ROOM, 200), (ROOM, 190), (ROOM, 195)]) == [8, 16, 8, 8, 8]
+    assert (controller.knee, controller.probing) == (8, False)
+
+
+def test_after_pressure_a_step_that_lowers_the_rate_is_undone() -> None:
+    controller = Controller(FAST, ceiling=256)
+    queued = (QUEUED, 1000)
+    assert drive(controller, 64, [queued, queued, (ROOM, 1000), (ROOM, 800), (ROOM, 1000)]) == [64, 48, 54, 48, 48]
+    assert controller.knee == 48
+
+
+def test_a_level_is_judged_after_it_settles() -> None:
+    controller = Controller(AutoSettings(settle=1, window=2), ceiling=256)
+    assert drive(controller, 4, [(ROOM, 100)] * 3 + [(ROOM, 300)] * 3) == [4, 4, 8, 8, 8, 16]
+
+
+def test_tokens_per_second_from_the_counter() -> None:
+    counted = None
+    rate, counted = tokens_per_second(counted, ServerLoad(0, 0, None, generated=100.0), now=10.0)
+    assert rate is None and counted == (10.0, 100.0)
+    rate, counted = tokens_per_second(counted, ServerLoad(0, 0, None, generated=400.0), now=10.5)
+    assert rate == 600.0
+    assert tokens_per_second(counted, None, now=11.0) == (None, counted)  # a failed reading keeps the last count
+    assert tokens_per_second(counted, ServerLoad(0, 0, None, generated=5.0), now=11.0)[0] is None  # restarted
 
 
 def test_a_waiting_queue_twice_in_a_row_backs_off_then_growth_is_gentle() -> None:
@@ -161,7 +206,7 @@ def test_auto_follows_readings_while_items_run_and_records_the_levels() -> None:
     assert record is not None and record.mode == "auto" and record.asked == "auto"
     assert (record.start, record.highest, record.final, record.raised, record.lowered) == (4, 64, 48, 4, 1)
     assert max(seen) == 64 and record.samples == source.reads and record.failed_samples == source.reads - 5
-    assert record.series[0] == [0.0, 4] and record.lowest == 4
+    assert record.series[0] == (0.0, 4) and record.lowest == 4
     assert 4 < record.mean < 64
 
 
@@ -254,8 +299,11 @@ def test_parse_load_reads_labelled_gauges_of_several_engines() -> None:
         'vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 9.0',
         'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25',
         'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5',
+        'vllm:generation_tokens_total{engine="0",model_name="m"} 120.0',
+        'vllm:generation_tokens_total{engine="1",model_name="m"} 30.0',
+        'vllm:generation_tokens_created{engine="0",model_name="m"} 1.7e+09',
     ])
-    assert parse_load(text) == ServerLoad(running=5, waiting=1, kv_usage=0.5)
+    assert parse_load(text) == ServerLoad(running=5, waiting=1, kv_usage=0.5, generated=150.0)
     assert parse_load("process_cpu_seconds_total 3.0\n") is None
 
 
@@ -291,6 +339,8 @@ def test_real_vllm_metrics_show_requests_in_flight_then_none(scripted_server: st
     assert all(load.kv_usage is not None and 0 <= load.kv_usage <= 1 for load in busy)
     assert max(load.kv_usage or 0 for load in busy) > 0
     assert (rest.running, rest.waiting) == (0, 0)
+    assert busy[0].generated is not None and rest.generated is not None
+    assert rest.generated - busy[0].generated >= 20  # the 24 answers' tokens, counted by the server
 
 
 @pytest.mark.vllm

@@ -391,7 +391,8 @@ def test_qwen36_family_takes_score_gates_but_no_config_switch(tmp_path: Path) ->
     with pytest.raises(UserError, match="no router renormalization switch.*pass --score-gates raw"):
         renormalization(moe, False)
     tokens = [list(range(3, 60)), list(range(100, 140))]
-    runs = {gates: score_experts(checkpoint, moe, tokens, PruneOptions(keep=4, score_gates=gates,
+    # Unpruned inputs: both runs hand the same states on, so every layer compares like with like.
+    runs = {gates: score_experts(checkpoint, moe, tokens, PruneOptions(keep=4, score_gates=gates, propagate="unpruned",
                                                                       scratch_dir=str(tmp_path)), keep=4)
             for gates in ("router", "raw")}
     for layer in (0, 1):
@@ -414,16 +415,22 @@ def test_sigmoid_routers_have_no_raw_gates(tmp_path: Path) -> None:
     assert list(tmp_path.glob("bench-hidden-*")) == []
 
 
-def test_cli_takes_the_mix_score_gates_and_refuses_unknown_ones(model: Path, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
+def test_cli_takes_the_mix_score_gates_and_refuses_unknown_ones(model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
 
-    from bench.cli import app
+    from bench.cli import main
     from bench.engine.planning.prune_plan import PruneOptions, score_gates_for
 
     assert score_gates_for(PruneOptions(keep=4), load_mix("reap-agentic").score_gates) == "raw"
     assert score_gates_for(PruneOptions(keep=4, score_gates="router"), "raw") == "router"
     assert score_gates_for(PruneOptions(keep=4), None) == "router"
-    result = CliRunner().invoke(app, ["prune", "--model", str(model), "--calibration", "reap-agentic", "--out",
-                                      str(tmp_path / "out"), "--keep", "4", "--score-gates", "sideways"])
-    assert result.exit_code == 2 and "--score-gates 'sideways' is not one of router, renormalized, raw" in result.output
-    assert "calibration mix" not in result.output  # refused before the preflight
+    monkeypatch.setattr(sys, "argv", ["bench", "prune", "--model", str(model), "--calibration", "reap-agentic",
+                                      "--out", str(tmp_path / "out"), "--keep", "4", "--score-gates", "sideways"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    captured = capsys.readouterr()
+    assert stopped.value.code == 2
+    assert captured.err.strip() == "error: --score-gates 'sideways' is not one of router, renormalized, raw"
+    assert "calibration mix" not in captured.out  # refused before the preflight

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -476,33 +475,12 @@ def test_reference_trajectories_parse(pack: AgentPack) -> None:
 # --- end to end on the real server ------------------------------------------------------------------
 
 
-# The agent prompts take 1.1k-2.3k tokens with the scripted model's 1k-entry tokenizer (the tool schemas
-# are most of it), more than the session's scripted_server allows (max_model_len 1024).
-AGENT_MAX_MODEL_LEN = 4096
-
-
-@pytest.fixture(scope="module")
-def agent_server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The scripted model behind a real vLLM server, launched as `bench run` launches it, with room for the agent prompts."""
-    from bench.serve.launch import LaunchConfig, serving
-    from bench.serve.model_info import choose_parsers, read_checkpoint
-    from bench.serve.options import ServeOptions
-
-    logs = tmp_path_factory.mktemp("agent-server")
-    config = LaunchConfig(
-        model=scripted_model, served_model_name="scripted", parsers=choose_parsers(read_checkpoint(scripted_model)),
-        serve=ServeOptions(python=vllm_python(), max_model_len=AGENT_MAX_MODEL_LEN), cache_root=logs / "cache",
-    )
-    with serving(config, logs / "server.log") as server:
-        yield server.base_url
-
-
 @pytest.mark.vllm
-def test_the_loop_against_the_scripted_vllm_server(agent_server: str, tmp_path: Path) -> None:
+def test_the_loop_against_the_scripted_vllm_server(scripted_server: str, tmp_path: Path) -> None:
     """The scripted model always calls get_weather, unknown to every environment: the environment answers
     an unknown-tool error, the loop asks again, and the model's plain answer (or the step cap) ends it."""
     env = {**os.environ, "BENCH_VLLM_PYTHON": vllm_python()}
-    run = subprocess.run([*bench_cmd(), "run", "--endpoint", agent_server, "--packs", "agent", "--limit", "2",
+    run = subprocess.run([*bench_cmd(), "run", "--endpoint", scripted_server, "--packs", "agent", "--limit", "2",
                           "--pack-option", "agent.max_steps=3", "--no-thinking", "--runs-dir", str(tmp_path), "--run-id", "agent", "--no-report"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr
@@ -526,7 +504,7 @@ def test_the_loop_against_the_scripted_vllm_server(agent_server: str, tmp_path: 
 
     # The cap: with one step allowed, the first reply's call is executed and nothing more is asked.
     async def capped() -> Any:
-        client = ChatClient(ClientConfig(endpoints=[agent_server + "/v1"], model="scripted", concurrency=2, timeout_s=300.0))
+        client = ChatClient(ClientConfig(endpoints=[scripted_server + "/v1"], model="scripted", concurrency=2, timeout_s=300.0))
         try:
             one = AgentPack(max_steps=1)
             plan = PackPlan(pack=one, items=one.items("quick")[:1], sampling=Sampling(max_tokens=64))

@@ -32,9 +32,10 @@ from bench.packs.cli import CliPack
 from bench.packs.cli.checks import normalize
 from bench.packs.cli.extract import command_lines, extract_script
 from bench.packs.cli.fixtures import build_template, fixture_specs, template
-from bench.packs.cli.pack import FAMILIES
+from bench.packs.cli.pack import FAMILIES, RUN_COMMAND_TOOL
 from bench.packs.cli.snapshot import take_snapshot
 from bench.run.aggregate import build_results
+from bench.run.store import RunStore
 from bench.sandbox import _bwrap_usable
 from bench.session import Session
 from bench.testing import record_for, transcript_for_answer, transcript_for_text
@@ -49,7 +50,8 @@ ITEMS = PACK.items("full")
 BY_ID = {item.id: item for item in ITEMS}
 WORKERS = 8
 
-needs_bwrap = pytest.mark.skipif(not _bwrap_usable()[0], reason=f"bubblewrap not usable: {_bwrap_usable()[1]}")
+# The pack runs shell replies only under bubblewrap (elsewhere its items are not measurable).
+pytestmark = pytest.mark.skipif(not _bwrap_usable()[0], reason=f"bubblewrap not usable: {_bwrap_usable()[1]}")
 
 
 def fenced(command: str) -> str:
@@ -109,7 +111,15 @@ def test_prompt_shows_fixture_task_and_rules_but_not_the_reference() -> None:
     assert PACK.tools(item) is None
     tool_pack = CliPack(mode="tool", work_parent=SHM)
     assert "run_command" in tool_pack.messages(item)[0]["content"]
-    assert tool_pack.tools(item)[0]["function"]["name"] == "run_command"  # type: ignore[index]
+    assert tool_pack.tools(item) == [RUN_COMMAND_TOOL]
+
+
+def test_a_small_limit_asks_every_family_and_is_seeded() -> None:
+    six = PACK.limit(ITEMS, 6, seed=0)
+    assert sorted(item.data["family"] for item in six) == sorted(FAMILIES)
+    assert [item.id for item in PACK.limit(ITEMS, 6, seed=0)] == [item.id for item in six]
+    assert [item.id for item in PACK.limit(ITEMS, 6, seed=1)] != [item.id for item in six]
+    assert len({item.id for item in PACK.limit(ITEMS, 200, seed=0)}) == len(ITEMS)
 
 
 def test_options_select_mode_and_clock_and_refuse_bad_values() -> None:
@@ -248,7 +258,6 @@ def test_normalization_is_what_the_items_promise() -> None:
 # --- containment ------------------------------------------------------------------------------
 
 
-@needs_bwrap
 def test_a_destructive_reply_cannot_reach_files_outside_its_copy(tmp_path: Path) -> None:
     canary = tmp_path / "canary.txt"
     canary.write_text("keep me\n", encoding="utf-8")
@@ -273,7 +282,6 @@ def test_rm_rf_in_the_copy_is_caught_as_damage_and_the_template_survives() -> No
     assert take_snapshot(folder).entries == snap.entries
 
 
-@needs_bwrap
 def test_a_network_reply_fails_and_makes_no_connection() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -332,6 +340,15 @@ def test_symlinks_left_by_a_reply_are_never_followed(tmp_path: Path) -> None:
     tool_score, _, _ = play(tool_pack, item, [calls])
     assert tool_score.value == 0.0
     assert secret.stat().st_uid == owner and secret.read_text(encoding="utf-8") == "top secret\n"
+
+
+def test_odd_file_names_left_by_a_reply_still_store(tmp_path: Path) -> None:
+    item = BY_ID["find-delete-tmp"]
+    score = score_text(item, fenced("find . -name '*.tmp' -delete; touch \"$(printf 'odd\\377name.tmp')\""))
+    assert score.value == 0.0 and "odd" in score.reason
+    store = RunStore.create(tmp_path, "r")
+    store.append_item(record_for(PACK, item, transcript_for_text("x"), score=score))  # schema-checked, UTF-8 on disk
+    assert "odd" in (tmp_path / "r" / "items.jsonl").read_text(encoding="utf-8")
 
 
 def test_a_command_that_never_ends_is_stopped_by_the_clock() -> None:

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "bench.cli.gate",
     "bench.cli.engine",
     "bench.cli.candidate",
+    "bench.cli.diverge",
 ]
 
 

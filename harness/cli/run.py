@@ -83,7 +83,8 @@ def serve_options(*, vllm_python: str | None, port: int | None, max_model_len: s
                   startup_timeout: float) -> ServeOptions:
     """The serving flags of `bench run` and `bench serve` as :class:`ServeOptions`."""
     return checked(ServeOptions, {
-        "python": vllm_python, "port": port, "max_model_len": max_model_len,
+        "python": vllm_python, "port": port,
+        "max_model_len": int(max_model_len) if str(max_model_len).lstrip("-").isdigit() else max_model_len,
         "chat_template": str(chat_template) if chat_template else None, "reasoning_parser": reasoning_parser,
         "tool_call_parser": tool_call_parser, "args": list(vllm_arg or []), "startup_timeout_s": startup_timeout,
     }, SERVE_FLAGS)

@@ -22,8 +22,9 @@ from scipy import stats as scipy_stats
 
 from bench import knowledge, stats
 from bench.compare.rundata import PASS_HAT_K, RunData
-from bench.compare.spec import Decision, GateSpec, PackRules, Thresholds
+from bench.compare.spec import Decision, DivergenceLimits, DivergenceRules, GateSpec, PackRules, Thresholds
 from bench.errors import UserError
+from bench.divergence.summary import ALL, DivergenceSummary, find_summary
 from bench.records import Interval, Manifest, PackResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_INVALID, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -51,7 +52,7 @@ class RuleOutcome(BaseModel):
     pack: str
     subdimension: str | None
     measure: str  # "score", "pass_rate", "pass_hat_k" or the subdimension's name
-    kind: Literal["floor", "drop", "collapse"]
+    kind: Literal["floor", "drop", "collapse", "ceiling"]
     threshold: float  # collapse: the pack's chance level
     decision: Decision
     verdict: str  # the Fail* name a failure of this rule maps to
@@ -506,15 +507,115 @@ def _drop_outcome(rule: _PlannedRule, candidate: RunData, baseline: RunData, spe
 
 
 # ---------------------------------------------------------------------------------------------
+# Divergence (bench diverge): limits on how far the candidate's distributions moved, per domain
+
+DIVERGENCE = "divergence"
+_DIVERGENCE_MEASURES: tuple[tuple[str, str, Literal["floor", "ceiling"]], ...] = (
+    ("mean_kl", "mean_kl_max", "ceiling"), ("p99_kl", "p99_kl_max", "ceiling"), ("top1_agreement", "top1_agreement_min", "floor"))
+
+
+def _texts_needed(interval: Interval, threshold: float) -> int | None:
+    """Texts at which the interval, shrinking as 1/sqrt(n), would clear ``threshold`` (a rough guide)."""
+    if interval.mean is None or interval.low is None or interval.high is None or interval.mean == threshold:
+        return None
+    half = (interval.high - interval.low) / 2
+    return max(interval.n + 1, math.ceil(interval.n * (half / abs(interval.mean - threshold)) ** 2))
+
+
+def _divergence_rule(summary: DivergenceSummary, domain: str, measure: str, kind: Literal["floor", "ceiling"],
+                     threshold: float, rules: DivergenceRules, decision: Decision, on_underpowered: str) -> RuleOutcome:
+    figures = summary.domains[domain]
+    found = getattr(figures, measure)
+    interval = found if isinstance(found, Interval) else Interval(mean=float(found), n=figures.texts, method="point")
+    value = interval.mean
+    assert value is not None
+    low, high = interval.low, interval.high
+    beyond = value > threshold + _EPS if kind == "ceiling" else value < threshold - _EPS
+    status: RuleStatus = "fail" if beyond else "pass"
+    if decision == "confident" and low is not None and high is not None:
+        worst, best = (low, high) if kind == "ceiling" else (high, low)
+        shown_beyond = worst > threshold + _EPS if kind == "ceiling" else worst < threshold - _EPS
+        shown_within = best <= threshold + _EPS if kind == "ceiling" else best >= threshold - _EPS
+        status = "fail" if shown_beyond else "pass" if shown_within else "underpowered"
+    label = {"mean_kl": "mean KL", "p99_kl": "p99 KL", "top1_agreement": "top-1 agreement"}[measure]
+    span = f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
+    limit = "limit" if kind == "ceiling" else "floor"
+    message = f"divergence {domain} {label} {value:.4g}{span} over {figures.texts} texts, {limit} {threshold:g}"
+    needed = None
+    if status == "underpowered":
+        needed = _texts_needed(interval, threshold)
+        message += "; underpowered: the interval straddles the " + limit
+    counts = status == "fail" or (status == "underpowered" and on_underpowered == "fail")
+    return RuleOutcome(
+        id=f"{DIVERGENCE}.{domain}.{measure}.{kind}", pack=DIVERGENCE, subdimension=None if domain == ALL else domain,
+        measure=measure, kind=kind, threshold=threshold, decision=decision, verdict=rules.verdict, status=status,
+        counts_as_failure=counts, value=value, low=low, high=high, items_needed=needed, message=message,
+    )  # fmt: skip
+
+
+def divergence_outcomes(summary: DivergenceSummary, spec: GateSpec, invalid: list[str]) -> list[RuleOutcome]:
+    """The spec's divergence limits applied to one measurement; a domain it names that was not
+    measured is an invalid reason (added to ``invalid``)."""
+    rules = spec.divergence
+    if rules is None:
+        return []
+    decision = rules.decision or spec.decision
+    targets: list[tuple[str, DivergenceLimits]] = [(ALL, rules)]
+    for domain, limits in rules.domains.items():
+        if domain in summary.domains:
+            targets.append((domain, limits))
+        else:
+            measured = [d for d in summary.domains if d != ALL]
+            invalid.append(f"spec names divergence domain {domain!r}, which the measurement does not hold"
+                           f"{_did_you_mean(domain, measured)}")
+    if rules.each_domain is not None:
+        targets += [(d, rules.each_domain) for d in summary.domains if d != ALL and d not in rules.domains]
+    outcomes = []
+    for domain, limits in targets:
+        for measure, field, kind in _DIVERGENCE_MEASURES:
+            threshold = getattr(limits, field)
+            if threshold is not None:
+                rule_decision: Decision = "point" if measure == "p99_kl" else decision
+                outcomes.append(_divergence_rule(summary, domain, measure, kind, float(threshold), rules, rule_decision,
+                                                 spec.on_underpowered))
+    return outcomes
+
+
+def _divergence_for(spec: GateSpec, candidate: RunData, baseline: RunData, given: DivergenceSummary | None,
+                    invalid: list[str], warnings: list[str]) -> list[RuleOutcome]:
+    """The divergence rules for a gate over runs: the measurement given, else the candidate run's own."""
+    if spec.divergence is None:
+        return []
+    summary = given if given is not None else find_summary(candidate.path)
+    if summary is None:
+        line = (f"candidate {candidate.run_id} has no divergence measurement ({DIVERGENCE}/summary.json): measure it "
+                f"with bench diverge --baseline BASE --model CANDIDATE --out {candidate.path}")
+        if spec.divergence.required:
+            invalid.append(line)
+        else:
+            warnings.append(line + "; divergence rules not checked")
+        return []
+    from bench.divergence.reference import reference_dir, read_meta
+
+    folder = reference_dir(baseline.path)
+    if folder is not None and read_meta(folder).arrays_sha256 != summary.reference_sha256:
+        warnings.append(f"the candidate's divergence was measured against another reference than the one stored with "
+                        f"baseline {baseline.run_id} ({summary.reference_path})")
+    return divergence_outcomes(summary, spec, invalid)
+
+
+# ---------------------------------------------------------------------------------------------
 # Verdict
 
 
-def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: str = "") -> GateResult:
-    """Apply every rule of ``spec`` and decide the verdict."""
+def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: str = "",
+          divergence: DivergenceSummary | None = None) -> GateResult:
+    """Apply every rule of ``spec`` and decide the verdict; ``divergence`` is the candidate's divergence
+    measurement when it is not (yet) in the candidate run's folder."""
     invalid = _validity(candidate, "candidate") + _validity(baseline, "baseline")
     plan_warnings: list[str] = []
     planned = _plan(spec, candidate, baseline, invalid, plan_warnings)
-    if not planned and not invalid:
+    if not planned and not invalid and spec.divergence is None:
         where = f"gate spec {spec_source}" if spec_source else "the gate spec"
         raise UserError(
             f"{where} defines no rule for the packs in this run ({', '.join(candidate.results.packs)}): "
@@ -549,6 +650,7 @@ def judge(candidate: RunData, baseline: RunData, spec: GateSpec, spec_source: st
             continue
         outcome = _drop_outcome(rule, candidate, baseline, spec)
         outcomes.append(outcome)
+    outcomes += _divergence_for(spec, candidate, baseline, divergence, invalid, plan_warnings)
     invalid += [f"{o.id}: {o.message}" for o in outcomes if o.status == "invalid"]
 
     ungated = ungated_packs(spec, candidate)
@@ -609,6 +711,12 @@ def _needed(outcomes: list[RuleOutcome]) -> list[str]:
             by_pack.setdefault(outcome.pack, []).append(outcome)
     lines = []
     for pack, weak in by_pack.items():
+        if pack == DIVERGENCE:
+            most = max(o.items_needed or 0 for o in weak)
+            count = f"about {most}" if most else "more"
+            lines.append(f"{DIVERGENCE}: {count} texts per domain to tell {', '.join(dict.fromkeys(o.measure for o in weak))} "
+                         "from the limits (bench diverge --tier full, or a larger text set)")
+            continue
         parts = []
         for whole in (True, False):
             drops = [o for o in weak if o.kind == "drop" and (o.subdimension is None) == whole]

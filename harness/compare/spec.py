@@ -38,6 +38,7 @@ DEFAULT_VERDICTS: dict[str, str] = {
     "structout": "FailStructured",
 }
 FALLBACK_VERDICT = "Fail"
+DIVERGENCE_VERDICT = "FailDivergence"
 
 
 class Thresholds(BaseModel):
@@ -74,6 +75,29 @@ class PackRules(Thresholds):
     )
 
 
+class DivergenceLimits(BaseModel):
+    """Limits on how far a candidate's next-token distributions may move from the base's (bench diverge)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean_kl_max: float | None = Field(None, ge=0.0, description="fail when the mean per-token KL(base||candidate) exceeds this (nats)")
+    p99_kl_max: float | None = Field(None, ge=0.0, description="fail when the 99th percentile of per-token KL exceeds this")
+    top1_agreement_min: float | None = Field(
+        None, ge=0.0, le=1.0, description="fail when the share of positions whose top-1 token agrees falls below this"
+    )
+
+
+class DivergenceRules(DivergenceLimits):
+    """Divergence rules: the limits above apply to all texts together; ``domains`` adds limits per domain."""
+
+    domains: dict[str, DivergenceLimits] = Field(default_factory=dict, description="limits per text domain (code, math, ...)")
+    each_domain: DivergenceLimits | None = Field(None, description="limits for every measured domain not listed under domains")
+    verdict: str = Field(DIVERGENCE_VERDICT, pattern=VERDICT_PATTERN, description="verdict name for a failure here")
+    decision: Decision | None = Field(None, description="overrides the spec-wide decision rule (p99 is always a point value)")
+    required: bool = Field(
+        False, description="a candidate run without a divergence measurement is Invalid (else the rules are warned as unchecked)"
+    )
+
+
 class GateSpec(BaseModel):
     """A whole gate: rules per pack, how to decide, and at what confidence."""
 
@@ -103,6 +127,9 @@ class GateSpec(BaseModel):
     )
     defaults: PackRules | None = Field(None, description="rules for packs in the run not listed under packs")
     packs: dict[str, PackRules] = Field(default_factory=dict)
+    divergence: DivergenceRules | None = Field(
+        None, description="limits on the candidate's divergence from the base (bench diverge), verdict FailDivergence"
+    )
 
     def verdict_for(self, pack: str, rules: Thresholds, sub: Thresholds | None = None) -> str:
         """The verdict a failure maps to: subdimension, then pack, then spec mapping, then default."""

@@ -1,12 +1,13 @@
 """How many items a run keeps in flight: a fixed number, or ``auto``, set from the server's own load.
 
 A GPU vLLM server batches hundreds of sequences, so a fixed 8 leaves it mostly idle; a fixed 256
-overfills a small server's KV cache, and vLLM then preempts and recomputes. ``auto`` starts low and
-follows the server's gauges (:mod:`bench.serve.metrics`), sampled in the background: while nothing
-queues and the KV cache has room, and the level is actually reached, it raises the level (doubling
-until the first sign of pressure, then by an eighth); when requests keep queueing or the KV cache
-nears full, it backs off by a quarter. A server without vLLM's ``/metrics`` gets a fixed level, and
-the record says why.
+overfills a small server's KV cache (vLLM then preempts and recomputes), and on a server short of CPU
+it only adds overhead. ``auto`` starts low and follows the server's own metrics
+(:mod:`bench.serve.metrics`), read in the background: while nothing queues, the KV cache has room,
+the level is actually reached and the server's generated tokens per second keep rising, it doubles
+the level; when requests keep queueing or the KV cache nears full it backs off by a quarter, and a
+doubling that did not pay is undone (:class:`Controller` has the details). A server without vLLM's
+``/metrics`` gets a fixed level, and the record says why.
 
 The level decides only when an item is sent, never what is sent: every request carries its own
 seed (set by the runner), so the records do not depend on it.
@@ -56,7 +57,10 @@ class AutoSettings:
     interval_s: float = 0.5  # between two readings of /metrics
     kv_high: float = 0.9  # KV-cache use at or above this is pressure
     backoff: float = 0.75  # the level is multiplied by this under pressure
-    growth: float = 0.125  # after the first pressure, the level grows by this fraction per reading
+    growth: float = 0.125  # after the first pressure or knee, the level grows by this fraction per judgement
+    min_gain: float = 0.1  # a doubling must raise the generated tokens/s by this much to be kept
+    settle: int = 1  # readings after a change that are not judged (the new items are still in prefill)
+    window: int = 2  # readings whose token rates judge a level
     fallback: int = 8  # the fixed level for a server without vLLM's gauges
 
 
@@ -122,16 +126,27 @@ class Controller:
 
     Pressure is a waiting queue in two readings in a row (one may be a burst of prefills that the
     next engine step absorbs: it only stops growth) or KV-cache use at ``kv_high``. Under pressure the
-    level backs off, but not again while the items of the last back-off are still draining. Without a
-    queue it grows only when the level binds, i.e. items waited for it: room that no item uses tells
-    nothing about the server.
+    level backs off, but not again while the items of the last back-off are still draining.
+
+    Without pressure the level grows only when it binds (items waited for it: room that no item uses
+    tells nothing) and only while growing pays. The server's generated tokens per second judge each
+    level: after ``settle`` readings (the new items are still in prefill), over ``window`` readings. A
+    doubling that raises the rate by less than ``min_gain`` is undone, and that level becomes the knee:
+    past it a server that is short of CPU (a CPU build, a busy API process) serves fewer tokens, while
+    its queue and KV cache still look empty. After the first pressure or knee, growth is by ``growth``
+    of the level, up to the knee, and a step that lowers the rate by ``min_gain`` is undone too. A
+    server that reports no token counter is judged by pressure alone.
     """
 
     def __init__(self, settings: AutoSettings, ceiling: int) -> None:
         self.settings = settings
         self.ceiling = max(settings.floor, ceiling)
-        self.probing = True  # doubling until the first pressure
+        self.probing = True  # doubling until the first pressure or knee
+        self.knee: int | None = None  # the level past which more items served no more tokens
         self._queued_last = False  # the previous reading showed a waiting queue
+        self._seen = 0  # readings taken at this level (while it binds)
+        self._rates: deque[float] = deque(maxlen=max(1, settings.window))
+        self._before: tuple[int, float] | None = None  # the level before the last raise, and its rate
 
     def _pressure(self, load: ServerLoad) -> bool:
         queued_twice = load.waiting > 0 and self._queued_last
@@ -139,20 +154,64 @@ class Controller:
         kv_full = load.kv_usage is not None and load.kv_usage >= self.settings.kv_high
         return kv_full or queued_twice
 
-    def next_level(self, level: int, load: ServerLoad | None, in_flight: int, binding: bool) -> int:
-        """The level after one reading (None: the scrape failed, so the level holds)."""
+    def _move(self, level: int, new: int, before: tuple[int, float] | None = None) -> int:
+        if new != level:
+            self._seen = 0
+            self._rates.clear()
+            self._before = before
+        return new
+
+    def _measured(self, rate: float | None) -> tuple[bool, float | None]:
+        """Whether this level has been watched long enough, and its token rate (None: not reported)."""
+        if rate is None:
+            return True, None
+        self._seen += 1
+        if self._seen <= self.settings.settle:
+            return False, None
+        self._rates.append(rate)
+        return len(self._rates) == self._rates.maxlen, sum(self._rates) / len(self._rates)
+
+    def next_level(self, level: int, load: ServerLoad | None, in_flight: int, binding: bool,
+                   rate: float | None = None) -> int:
+        """The level after one reading (None: the scrape failed, so the level holds); ``rate``: tokens/s."""
         if load is None:
             return level
         if self._pressure(load):
             self.probing = False
+            self._seen = 0
+            self._rates.clear()
             if in_flight > level:
                 return level  # the last back-off has not taken effect yet
             lowered = min(level - 1, int(level * self.settings.backoff))
-            return max(self.settings.floor, lowered)
+            return self._move(level, max(self.settings.floor, lowered))
         if not binding or load.waiting > 0:
             return level
+        judged, measured = self._measured(rate)
+        if not judged:
+            return level
+        before, self._before = self._before, None  # each raise is judged once
+        if measured is not None and before is not None:
+            gain = measured / before[1] - 1 if before[1] > 0 else float("inf")
+            if gain < (self.settings.min_gain if self.probing else -self.settings.min_gain):
+                self.probing, self.knee = False, before[0]
+                return self._move(level, before[0])
+        cap = min(self.ceiling, self.knee or self.ceiling)
         step = level if self.probing else max(1, int(level * self.settings.growth))
-        return min(self.ceiling, level + step)
+        raised = self._move(level, min(cap, level + step), None if measured is None else (level, measured))
+        if raised == level and self.probing and measured is not None:
+            self.probing = False  # at the ceiling: nothing left to probe
+        return raised
+
+
+def tokens_per_second(counted: tuple[float, float] | None, load: ServerLoad | None,
+                      now: float) -> tuple[float | None, tuple[float, float] | None]:
+    """The server's generated tokens per second since the last reading, and this reading's count."""
+    if load is None or load.generated is None:
+        return None, counted
+    current = (now, load.generated)
+    if counted is None or now <= counted[0] or load.generated < counted[1]:  # first, or the server restarted
+        return None, current
+    return (load.generated - counted[1]) / (now - counted[0]), current
 
 
 class LevelLog:
@@ -255,17 +314,19 @@ class ConcurrencyControl:
 
     async def _follow(self, gate: Gate, source: LoadSource, controller: Controller) -> None:
         assert self._log is not None
+        counted: tuple[float, float] | None = None  # (when, generated tokens) at the last reading
         while True:
             await asyncio.sleep(self.settings.interval_s)
             try:
                 load = await source.read()
             except Exception:  # a reader bug must not end the run: the level holds
                 load = None
+            rate, counted = tokens_per_second(counted, load, time.monotonic())
             self.samples += 1
             self.failed_samples += int(load is None)
             binding = gate.blocked or gate.in_flight >= gate.limit
             gate.blocked = False
-            level = controller.next_level(gate.limit, load, gate.in_flight, binding)
+            level = controller.next_level(gate.limit, load, gate.in_flight, binding, rate)
             if level != gate.limit:
                 gate.set_limit(level)
                 self._log.note(level)
@@ -289,5 +350,5 @@ class ConcurrencyControl:
             asked=self.setting, mode=self._mode, reason=self._reason, start=log.start, final=log.level,
             lowest=log.lowest, highest=log.highest, mean=round(log.mean(), 2), samples=self.samples,
             failed_samples=self.failed_samples, raised=log.raised, lowered=log.lowered,
-            series=[[t, level] for t, level in log.series],
+            series=list(log.series),
         )

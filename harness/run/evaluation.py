@@ -146,12 +146,13 @@ def _check_endpoint(url: str, timeout_s: float) -> list[str]:
         raise UserError(f"endpoint {url} returned an unexpected /models body") from exc
 
 
-def served_context(url: str, name: str) -> int | None:
-    """The context length a vLLM server reports for ``name`` in ``/models`` (None where it does not say)."""
+def served_context(url: str, name: str | None) -> int | None:
+    """The context length a vLLM server reports in ``/models`` for ``name`` (None: its first model);
+    None where it does not say."""
     try:
         response = httpx.get(f"{url}/models", timeout=10.0)
         for card in response.json().get("data", []):
-            if card.get("id") == name and isinstance(card.get("max_model_len"), int):
+            if name in (None, card.get("id")) and isinstance(card.get("max_model_len"), int):
                 return int(card["max_model_len"])
     except (httpx.HTTPError, ValueError, AttributeError, TypeError):
         return None
@@ -179,7 +180,10 @@ def server_context(serve: ServeOptions, info: CheckpointInfo) -> Context:
 
 def model_facts(options: RunOptions) -> tuple[ModelFacts, Context | None]:
     """What the launched checkpoint says about budgets and sampling; nothing is known of an endpoint's."""
-    if options.endpoints or not options.model:
+    if options.endpoints:  # the context is the server's (requests past it are refused, not clamped)
+        served = served_context(normalize_endpoint(options.endpoints[0]), options.served_model_name)
+        return ModelFacts(), Context(served, "the endpoint's /models") if served is not None else None
+    if not options.model:
         return ModelFacts(), None
     info = read_checkpoint(Path(options.model).expanduser().resolve())
     return ModelFacts.of(info), server_context(options.serve, info)
@@ -333,8 +337,8 @@ def execute(options: RunOptions, *, resume_dir: Path | None = None, show_progres
     echo(f"run directory: {store.root}")
     manifest: Manifest | None = None
     try:
-        if isinstance(known_context, int):
-            mark_unfit(plan, None if options.endpoints else options.model, known_context, echo)
+        if isinstance(known_context, int) and not options.endpoints:
+            mark_unfit(plan, options.model, known_context, echo)
         with _connect(options, store) as (server, server_down):
             if server.launched:
                 echo(f"vLLM ready in {server.start_seconds:.1f} s: {shlex.join(server.command)}")

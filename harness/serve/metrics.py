@@ -1,7 +1,8 @@
 """How busy a vLLM server is, read from its Prometheus ``/metrics``.
 
 The adaptive concurrency limit (:mod:`bench.run.concurrency`) needs three gauges: requests the
-engine is running, requests queued behind them, and the fraction of KV-cache blocks in use. The
+engine is running, requests queued behind them, and the fraction of KV-cache blocks in use; and one
+counter, the tokens generated so far, to tell whether more requests in flight still pay. The
 KV gauge was renamed with vLLM's V1 engine (``gpu_cache_usage_perc`` before, ``kv_cache_usage_perc``
 since; both are fractions despite the name), so either is read. A server that exposes none of them
 (not vLLM, or metrics turned off) is told apart from one scrape that failed.
@@ -19,7 +20,8 @@ import httpx
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-_WANTED = (RUNNING, WAITING, *KV_USAGE)
+GENERATED = "vllm:generation_tokens_total"
+_WANTED = (RUNNING, WAITING, *KV_USAGE, GENERATED)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ServerLoad:
     running: int
     waiting: int
     kv_usage: float | None  # fraction of KV-cache blocks in use, 0..1; None where not exposed
+    generated: float | None = None  # tokens generated since the server started (a counter)
 
 
 def parse_samples(text: str, names: Iterable[str] = _WANTED) -> dict[str, list[float]]:
@@ -88,14 +91,17 @@ def parse_load(text: str) -> ServerLoad | None:
         return None
     kv = next((samples[name] for name in KV_USAGE if name in samples), None)
     return ServerLoad(running=round(sum(samples.get(RUNNING, []))), waiting=round(sum(samples.get(WAITING, []))),
-                      kv_usage=max(kv) if kv else None)
+                      kv_usage=max(kv) if kv else None,
+                      generated=sum(samples[GENERATED]) if GENERATED in samples else None)
 
 
 def combine(loads: Sequence[ServerLoad]) -> ServerLoad:
     """Several replicas as one: requests add up, the fullest KV cache speaks for all."""
     kv = [load.kv_usage for load in loads if load.kv_usage is not None]
+    counts = [load.generated for load in loads]
     return ServerLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
-                      kv_usage=max(kv) if kv else None)
+                      kv_usage=max(kv) if kv else None,
+                      generated=None if any(c is None for c in counts) else sum(c for c in counts if c is not None))
 
 
 class VllmMetrics:

@@ -123,8 +123,8 @@ class AgentPack(JsonlPack):
                 raise
 
     def score(self, item: Item, transcript: Transcript) -> Score:
-        reference = Trajectory.model_validate(item.reference or {"turns": [{}]})
-        return score_transcript(TaskSpec.model_validate(item.data), reference.call_count(), transcript)
+        reference_calls = Trajectory.model_validate(item.reference).call_count()  # check_items makes sure there is one
+        return score_transcript(TaskSpec.model_validate(item.data), reference_calls, transcript)
 
 
 def check_item(item: Item, where: object) -> None:

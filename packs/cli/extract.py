@@ -26,6 +26,7 @@ class Extracted:
 
 def extract_script(content: str) -> Extracted:
     """The shell text to run from a reply's content."""
+    content = content.replace("\r\n", "\n")
     blocks = [(match.group(2).lower(), match.group(3)) for match in _FENCE.finditer(content)]
     for tag, body in blocks:
         if tag in SHELL_TAGS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
@@ -25,7 +26,7 @@ from bench.pack import Item, JsonlPack, Sampling, Score, Tier, select_tier, unsc
 from bench.packs.cli import fixtures
 from bench.packs.cli.extract import command_lines, extract_script
 from bench.packs.cli.scoring import judge, no_command, replay
-from bench.packs.cli.shell import SANDBOX_PATH, missing_tools, run_script, tool_result_text
+from bench.packs.cli.shell import SANDBOX_PATH, isolation_missing, missing_tools, run_script, tool_result_text
 from bench.transcript import ToolCall, Transcript
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ RUN_COMMAND_TOOL: dict[str, Any] = {
         },
     },
 }
+
+
+def _missing(tool: str) -> str:
+    return (isolation_missing() or "bubblewrap missing") if tool == "bwrap" else f"{tool} missing"
 
 
 class CliOptions(BaseModel):
@@ -148,8 +153,12 @@ class CliPack(JsonlPack):
 
     @cached_property
     def unmeasurable(self) -> dict[str, list[str]]:
-        """Missing tool -> ids of the items it keeps from being asked here."""
+        """Missing tool -> ids of the items it keeps from being asked here (``bwrap``: all of them,
+        where shell replies cannot run isolated)."""
         out: dict[str, list[str]] = {}
+        if (why := isolation_missing()) is not None:
+            _log.warning("cli pack: not measurable here: %s", why)
+            return {"bwrap": [item.id for item in self._all_items]}
         for item in self._all_items:
             for tool in missing_tools(self.required_tools(item), self.tool_path):
                 out.setdefault(tool, []).append(item.id)
@@ -164,6 +173,21 @@ class CliPack(JsonlPack):
 
     def groups(self, item: Item) -> dict[str, str]:
         return {"family": item.data["family"]}
+
+    def limit(self, items: list[Item], n: int, seed: int) -> list[Item]:
+        """Round-robin over tool families (a seeded order within each), so a small ``--limit``
+        still asks every family."""
+        by_family: dict[str, list[Item]] = {}
+        for item in items:
+            by_family.setdefault(item.data["family"], []).append(item)
+        rng = random.Random(seed)
+        queues = [rng.sample(group, len(group)) for _, group in sorted(by_family.items())]
+        chosen: list[Item] = []
+        while len(chosen) < n and any(queues):
+            for queue in queues:
+                if queue and len(chosen) < n:
+                    chosen.append(queue.pop(0))
+        return chosen
 
     def data_files(self) -> list[Path]:
         return super().data_files() + [Path(str(found)) for found in fixtures.data_files()]
@@ -247,6 +271,6 @@ class CliPack(JsonlPack):
         rules = Counter(record.score.extraction for record in records if record.score and record.score.extraction)
         out: dict[str, Any] = {"extraction": dict(sorted(rules.items()))}
         if self.unmeasurable:
-            out["not_measurable"] = {tool: f"not measurable: {tool} missing ({len(ids)} items not asked)"
+            out["not_measurable"] = {tool: f"not measurable: {_missing(tool)} ({len(ids)} items not asked)"
                                      for tool, ids in sorted(self.unmeasurable.items())}
         return out

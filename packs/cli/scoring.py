@@ -74,10 +74,15 @@ def judge(data: dict[str, Any], trial: Trial, *, one_line: bool | None, extracti
         value=float(solved),
         passed=solved,
         subscores=subscores,
-        reason=_reason(checks, harm, trial),
+        reason=printable(_reason(checks, harm, trial)),
         extraction=extraction,
         details=_details(data, trial, checks, harm),
     )
+
+
+def printable(text: str) -> str:
+    """Text safe to store: file names a command made may hold bytes that are not UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def no_command(data: dict[str, Any], why: str, extraction: str | None = None) -> Score:
@@ -106,7 +111,7 @@ def _details(data: dict[str, Any], trial: Trial, checks: list[Check], harm: list
         "fixture": data["fixture"],
         "commands": len(trial.results),
         "exit": [result.returncode for result in trial.results],
-        "failed_checks": [f"{check.name}: {check.why}" for check in checks if not check.ok],
+        "failed_checks": [printable(f"{check.name}: {check.why}") for check in checks if not check.ok],
         "damaged": harm[:50],
         "stdout_head": (last.stdout[:500] if last else ""),
         "backend": last.backend if last else None,

@@ -3,6 +3,10 @@
 Each run is a fresh ``bash -c`` in the directory (no network, read-only system, a wall clock):
 files persist between runs in one directory, shell state does not. The environment is fixed,
 with a git identity so a task may commit, and no user or system git configuration.
+
+Only the bubblewrap backend is used: a model's shell command routinely names paths and hosts, and
+the resource-limits fallback leaves both the network and the user's files reachable. Where
+bubblewrap is not usable the pack's items are not measurable, rather than run unguarded.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 from functools import cache
 from pathlib import Path
 
-from bench.sandbox import SandboxResult, run_command
+from bench.sandbox import SandboxResult, run_command, sandbox_backend
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_SCRIPT_CHARS = 64_000  # one argv string must stay well under the kernel's 128 KiB limit
@@ -54,7 +58,14 @@ def run_script(script: str, workdir: Path, *, timeout_s: float, path: str = SAND
         return SandboxResult(returncode=126, stdout="", stderr="script holds a NUL character",
                              timed_out=False, wall_s=0.0, backend="none")
     return run_command([bash_path(), "-c", script], workdir, timeout_s=timeout_s, env=shell_env(path),
-                       max_output_chars=256_000)
+                       max_output_chars=256_000, backend="bwrap")
+
+
+def isolation_missing() -> str | None:
+    """Why shell replies cannot run isolated here, or None when bubblewrap is usable."""
+    if sandbox_backend() == "bwrap":
+        return None
+    return "the bubblewrap sandbox is not usable here (install bubblewrap and allow user namespaces)"
 
 
 def missing_tools(tools: list[str], path: str = SANDBOX_PATH) -> list[str]:

@@ -14,9 +14,11 @@ the reasoning ends would force JSON into the think block, so the two modes would
 the same thing.
 
 A server that refuses ``response_format`` (HTTP 400 or 422 on the guided request, its error about
-the field or structured output) leaves the guided half not measured: the pack says so in one line on stderr, each guided item is scored with
-status ``unmeasured`` (left out of every mean and of the paired comparison, never a zero), and
-``extra.guided_unmeasured`` in results.json counts them.
+the field or structured output) leaves the guided half not measured: the pack says so in one line
+on stderr (once per distinct refusal: a server may refuse the field outright, or only a schema its
+backend cannot compile), each such guided item is scored with status ``unmeasured`` (left out of
+every mean and of the paired comparison, never a zero), and ``extra.guided_unmeasured`` and
+``extra.guided_note`` in results.json count and say it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ MODES = ("guided", "prompted")
 # what its error then talks about (a 400 for a prompt over the context length is a plain error).
 REJECTING_STATUSES = frozenset({400, 422})
 ABOUT_STRUCTURED_OUTPUT = re.compile(r"response_format|json_schema|schema|structured|guided|grammar", re.IGNORECASE)
-NOT_MEASURED_WHY = "the server rejected the request with response_format, so guided decoding could not be asked"
+NOT_MEASURED_WHY = "the server refused the request with response_format (HTTP 400 or 422), so guided decoding could not be asked"
 _log = logging.getLogger(__name__)
 
 
@@ -82,7 +84,7 @@ class StructOutPack(JsonlPack):
 
     def __init__(self, data_path: Path | None = None) -> None:
         super().__init__(data_path)
-        self._rejected_once = False
+        self._refusals_said: set[str] = set()  # each distinct refusal is said once, not once per item
 
     @cached_property
     def _all_items(self) -> list[Item]:
@@ -127,9 +129,10 @@ class StructOutPack(JsonlPack):
         except RequestFailed as exc:
             if not rejection(exc):
                 raise
-            if not self._rejected_once:
-                self._rejected_once = True
-                _log.warning("structout: guided half not measured: %s (%s)", NOT_MEASURED_WHY, exc)
+            said = str(exc).partition(": ")[2]  # without the endpoint URL
+            if said not in self._refusals_said:
+                self._refusals_said.add(said)
+                _log.warning("structout: guided half not measured: %s (%s)", NOT_MEASURED_WHY, said)
 
     def score(self, item: Item, transcript: Transcript) -> Score:
         data = item.data

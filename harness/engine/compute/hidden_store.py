@@ -146,7 +146,7 @@ class DiskHiddenStates:
         if tuple(states.shape) != expected:
             raise RuntimeError(f"sequence {index}: hidden states of shape {tuple(states.shape)}, expected {expected}")
         rows = states.detach().to(device="cpu", dtype=self.dtype).contiguous()
-        data = memoryview(rows.view(-1).view(torch.uint8).numpy())
+        data = rows.view(-1).view(torch.uint8).numpy().data
         start, done = self.offsets[index], 0
         while done < len(data):
             try:

@@ -1,0 +1,1 @@
+"""Divergence from base: how far a candidate's next-token distributions moved from its base's."""
