@@ -66,6 +66,7 @@ async def bench_run(url: str, texts: list[str], max_tokens: int, run_dir: Path,
                    concurrency=setting)
     client = ChatClient(ClientConfig(endpoints=[url], model=MODEL, concurrency=client_limit(setting), timeout_s=600.0))
     control = ConcurrencyControl(setting, [url.removesuffix("/v1")])
+    run_dir.mkdir(parents=True)
     started = time.perf_counter()
     counters = await run_plan(plan, client, RunStore(run_dir), show_progress=False, concurrency=control)
     elapsed = time.perf_counter() - started
@@ -109,6 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     python = os.environ.get("BENCH_VLLM_PYTHON", str(REPO / ".vllm-venv" / "bin" / "python"))
+    if subprocess.run([python, "-c", "import pandas"], capture_output=True).returncode != 0:
+        raise SystemExit(f"vLLM's benchmark client reads a custom dataset with pandas: {python} -m pip install pandas")
     texts = prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -55,6 +55,10 @@ QWEN36_35B_A3B: dict[str, Any] = {
 }
 REAL_LAYERS = 40
 FIELD_SEQUENCES, FIELD_SEQ_LEN = 1024, 16384  # the REAP agentic recipe's scale
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] or '' }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 WORDS = ("expert router token layer prune model weight scale memory kernel tensor cache batch score "
          "attention python function return value list dict loop class import error test serve").split()
 
@@ -118,7 +122,9 @@ def build(out: Path, layers: int) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=["<|pad|>", "<|im_end|>", "<|im_start|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(synthetic_text(50, 1), trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>").save_pretrained(out)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML  # so a server can take chat requests (the answers are noise: random weights)
+    fast.save_pretrained(out)
     return out
 
 
@@ -197,6 +203,25 @@ def child_upcast(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": best}
 
 
+def child_store(args: argparse.Namespace) -> dict[str, Any]:
+    """The scratch store alone at field-scale token counts: write every sequence, then read and rewrite it once."""
+    import torch
+
+    from bench.engine.compute.hidden_store import DiskHiddenStates
+    from bench.engine.compute.memory import peak_rss_bytes
+
+    lengths = [FIELD_SEQ_LEN] * (args.tokens // FIELD_SEQ_LEN)
+    started = time.perf_counter()
+    with DiskHiddenStates(args.scratch, lengths, 2048) as store:
+        block = torch.randn(FIELD_SEQ_LEN, 2048)
+        for i in range(len(store)):
+            store.write(i, block)
+        for i in range(len(store)):  # one layer's pass: read, (no layer here), write back
+            store.write(i, store.read(i))
+        size = store.nbytes
+    return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes(), "bytes": size}
+
+
 def child_quantize(args: argparse.Namespace) -> dict[str, Any]:
     from bench.engine.compute.fp8 import quantize_checkpoint
     from bench.engine.compute.memory import peak_rss_bytes
@@ -243,11 +268,16 @@ def main() -> None:
                         help="torch threads (0: torch's default); 1 on a shared, overloaded machine, where OpenMP "
                         "spin-waits make small kernels tens of times slower")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--build-only", action="store_true",
+                        help="build the checkpoint in WORKDIR/model and a packed mix in WORKDIR, print their paths, stop")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mix", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--store-tokens", type=int, default=16 * FIELD_SEQ_LEN,
+                        help="tokens for the scratch store's own 1x run (4x runs four times as many)")
     args = parser.parse_args()
     if args.child:
         if args.threads:
@@ -255,12 +285,18 @@ def main() -> None:
 
             torch.set_num_threads(args.threads)
         children = {"prune": child_prune, "baseline": child_baseline, "quantize": child_quantize,
-                    "upcast": child_upcast}
+                    "upcast": child_upcast, "store": child_store}
         print(json.dumps(children[args.child](args)))
         return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-real-shapes-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.build_only:
+        model = work / "model"
+        if not (model / "config.json").is_file():
+            build(model, args.layers)
+        print(f"model {model}\nmix {write_mix(work, args.sequences, args.seq_len)}")
+        return
     try:
         report(args, work)
     finally:
@@ -298,41 +334,59 @@ def report(args: argparse.Namespace, work: Path) -> None:
     growth = runs[4]["peak_rss"] - runs[1]["peak_rss"]
     print(f"peak RSS from 1x to 4x tokens: {growth / (1 << 20):+.0f} MiB ({growth / runs[1]['peak_rss']:+.1%}); "
           f"the in-memory path would have added {gib(3 * args.sequences * args.seq_len * 2048 * 4)} of float32 states")
+    stores = {f: run_child("store", args.threads, scratch=scratch, tokens=args.store_tokens * f) for f in (1, 4)}
+    for factor, store in stores.items():
+        tokens = args.store_tokens * factor
+        print(f"scratch store alone, {factor}x: {tokens} tokens ({tokens // FIELD_SEQ_LEN} x {FIELD_SEQ_LEN}), "
+              f"{gib(store['bytes'])} on disk, written, read and rewritten in {store['seconds']:.0f} s; peak RSS "
+              f"{gib(store['peak_rss'])} (in memory: {gib(tokens * 2048 * 4)} of float32 states)")
 
-    # Per layer and pass, each sequence pays one upcast of the layer's experts, then per-token work:
-    # split the measured layer times into those two parts, so longer sequences extrapolate right.
-    passes = 2
-    by_type: dict[str, list[float]] = {"linear_attention": [], "full_attention": []}
-    sequences_4x = args.sequences * 4
-    for entry in runs[4]["layers"]:
-        per_token = (entry["seconds"] - sequences_4x * passes * upcast) / entry["tokens"]
-        by_type[types[entry["layer"]]].append(max(per_token, 0.0))
-    token_cost = {kind: sum(v) / len(v) for kind, v in by_type.items() if v}
-    print(f"  expert upcast (256 experts to float32), paid per sequence, layer and pass: {upcast:.2f} s")
-    for kind, seconds in token_cost.items():
-        print(f"  scoring per layer, {kind}: {seconds * 1e3:.3f} ms per token beyond the upcast (both passes), 4x run")
+    # A layer's time is its build (reading the weights twice: full, then pruned) plus, per sequence, one
+    # upcast of the experts per pass and per-token work. The 1x and 4x runs differ only in the number
+    # of sequences, so together they give the per-sequence cost; the measured upcast splits that into
+    # its fixed part and a per-token part, which is what longer sequences scale.
+    upcast_per_sequence = upcast * (1 + args.keep / 256)  # scoring pass: all experts; pruned pass: the kept
+    per_sequence, per_token, build_s = {}, {}, {}
+    for index, kind in enumerate(types):
+        t1 = next(e["seconds"] for e in runs[1]["layers"] if e["layer"] == index)
+        t4 = next(e["seconds"] for e in runs[4]["layers"] if e["layer"] == index)
+        per_sequence[kind] = (t4 - t1) / (3 * args.sequences)
+        build_s[kind] = t1 - args.sequences * per_sequence[kind]
+        per_token[kind] = max(per_sequence[kind] - upcast_per_sequence, 0.0) / args.seq_len
+    print(f"  expert upcast (256 experts to float32): {upcast:.2f} s; each sequence pays it per layer, for the "
+          f"scoring pass and (for the {args.keep} kept) the pruned pass: {upcast_per_sequence:.2f} s")
+    for kind in per_sequence:
+        print(f"  {kind} layer: build {build_s[kind]:.1f} s, {per_sequence[kind]:.2f} s per {args.seq_len}-token "
+              f"sequence = upcast + {per_token[kind] * 1e3:.2f} ms per token (both passes)")
 
     prune_write = runs[1]["seconds"] - runs[1]["scoring_seconds"]
     quant = run_child("quantize", args.threads, model=work / "pruned-1x", out=work / "fp8")
     quant_layer = sum(quant["per_layer"].values()) / max(len(quant["per_layer"]), 1)
-    print(f"prune (everything but scoring: samples, plan, write {gib(runs[1]['after_bytes'])}): {prune_write:.1f} s, "
-          f"{prune_write / args.layers:.1f} s per layer (embeddings and head included) (load {runs[1]['load']:.2f})")
+    embeddings = 2 * QWEN36_35B_A3B["vocab_size"] * QWEN36_35B_A3B["hidden_size"] * 2
+    layer_bytes = (runs[1]["after_bytes"] - embeddings) / args.layers
+    rate = runs[1]["after_bytes"] / prune_write
+    print(f"prune, all but scoring (samples, plan, write {gib(runs[1]['after_bytes'])}: {gib(layer_bytes)} per layer "
+          f"+ embeddings and head): {prune_write:.1f} s, {rate / (1 << 20):.0f} MiB/s (load {runs[1]['load']:.2f})")
     print(f"quantize FP8 (per-channel, experts too) of the pruned checkpoint: {quant['seconds']:.1f} s in all, "
           f"{quant_layer:.1f} s per decoder layer; peak RSS {gib(quant['peak_rss'])} (load {quant['load']:.2f})")
 
     full, linear = REAL_LAYERS // 4, REAL_LAYERS - REAL_LAYERS // 4
-    per_token_40 = linear * token_cost.get("linear_attention", 0.0) + full * token_cost.get("full_attention", 0.0)
+    counts = {"linear_attention": linear, "full_attention": full}
     field_tokens = FIELD_SEQUENCES * FIELD_SEQ_LEN
-    field_seconds = per_token_40 * field_tokens + REAL_LAYERS * FIELD_SEQUENCES * passes * upcast
+    token_s = sum(counts[k] * per_token[k] for k in per_token)
+    sequence_s = REAL_LAYERS * upcast_per_sequence
+    layers_s = sum(counts[k] * build_s[k] for k in build_s)
+    field_s = layers_s + FIELD_SEQUENCES * sequence_s + field_tokens * token_s
+    run_s = layers_s + args.sequences * 4 * sequence_s + runs[4]["tokens"] * token_s
     print(f"40 layers ({linear} linear, {full} full), at this machine's speed:")
-    print(f"  scoring: {per_token_40 * 1e3:.1f} ms per calibration token + {REAL_LAYERS * passes * upcast:.0f} s per "
-          f"sequence -> {field_seconds / 3600:.0f} h ({field_seconds / 86400:.1f} days) for {FIELD_SEQUENCES} x "
-          f"{FIELD_SEQ_LEN} tokens (full attention costs more per token at 16K than at {args.seq_len}: not counted)")
-    print(f"  prune write ~{prune_write / args.layers * REAL_LAYERS / 60:.1f} min; FP8 quantize "
+    print(f"  scoring: {layers_s:.0f} s of layer builds + {sequence_s:.0f} s per sequence + {token_s * 1e3:.0f} ms per "
+          f"token: {run_s / 60:.0f} min for this 4x run's {runs[4]['tokens']} tokens; {field_s / 3600:.0f} h "
+          f"({field_s / 86400:.1f} days) for {FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens (full attention's per-token "
+          f"cost grows with length: not counted)")
+    print(f"  prune write ~{(REAL_LAYERS * layer_bytes + embeddings) / rate / 60:.1f} min; FP8 quantize "
           f"~{quant_layer * REAL_LAYERS / 60:.1f} min")
     print(f"  scratch disk for {FIELD_SEQUENCES} x {FIELD_SEQ_LEN} tokens: {gib(field_tokens * 2048 * 2)} (bfloat16); "
-          f"peak RSS stays ~{gib(runs[4]['peak_rss'])} plus "
-          f"{gib(field_tokens * 36)} of token ids")
+          f"peak RSS stays ~{gib(runs[4]['peak_rss'])} plus {gib(field_tokens * 36)} of token ids")
     print(f"total benchmark time {time.perf_counter() - started:.0f} s")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -122,15 +123,17 @@ def test_plan_general_share_sweep_expands_candidates(model: Path, tmp_path: Path
 
 @needs_data
 def test_packed_mix_fills_every_sequence(model: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": f"Line {i}: experts route tokens."}) + "\n" for i in range(60)))
     mix_path = write_mix(tmp_path / "packed.yaml", [
-        {"adapter": "mmlu", "count": 3, "data_files": str(DATA / "mmlu" / "mmlu_all_dev.parquet")},
+        {"adapter": "text", "name": "short", "count": 3, "data_files": str(short)},
         {"adapter": "c4", "count": 2, "data_files": str(CALIBRATION / "c4-en-sample.jsonl")},
-    ], pack=True, seq_len=400, samples=5)
+    ], pack=True, seq_len=200, samples=5)
     packed = build_samples(load_mix(mix_path), model)
-    assert packed.per_dataset == {"mmlu": 3, "c4": 2}
-    assert [len(ids) for ids in packed.token_ids] == [400] * 5
+    assert packed.per_dataset == {"short": 3, "c4": 2}
+    assert [len(ids) for ids in packed.token_ids] == [200] * 5
     rows = build_samples(load_mix(mix_path).model_copy(update={"pack": False}), model)
-    assert all(len(ids) < 400 for ids in rows.token_ids[:3])  # one short question per sample
+    assert all(len(ids) < 50 for ids in rows.token_ids[:3])  # one short line per sample
     assert packed.sha256 != rows.sha256
 
 
@@ -199,12 +202,19 @@ def test_field_scale_recipe_is_estimated_without_data_or_weights(tmp_path: Path,
     assert "1024 sequences packed to 16384 tokens" in text and "score gates raw" in text
     assert "scratch disk: 64.000 GiB" in text and "host RAM: ~" in text and "device cuda: ~" in text
     assert "(not read)" in text
+    # A disk too small for the scratch: a warning when estimating, a one-line error once rows were read.
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1 << 30))
+    small = preflight(load_mix("reap-agentic"), model, rows=0, device="cuda", scratch_dir=tmp_path)
+    assert any("64.000 GiB of scratch" in note and "pass --scratch-dir" in note for note in small.notes)
+    monkeypatch.setattr(shutil, "disk_usage", real)
     # The same through the CLI, which stops after the estimate.
-    result = CliRunner().invoke(app, ["prune", "--model", str(model), "--calibration", "reap-agentic", "--out",
-                                      str(tmp_path / "out"), "--keep", "128", "--estimate-only", "--device", "cuda",
-                                      "--scratch-dir", str(tmp_path)])
+    result = CliRunner().invoke(app, ["prune", "--model", str(model), "--calibration", "reap-agentic",
+                                      "--estimate-only", "--device", "cuda", "--scratch-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "scratch disk: 64.000 GiB" in result.output and not (tmp_path / "out").exists()
+    assert "scratch disk: 64.000 GiB" in result.output and os.listdir(tmp_path) == ["qwen36"]
 
 
 def test_unknown_recipe_and_adapter_are_named(tmp_path: Path) -> None:
@@ -252,7 +262,7 @@ def test_renamed_column_fails_preflight_fast_naming_dataset_and_field(model: Pat
 
 
 @needs_data
-def test_preflight_reads_no_weights(model: Path, tmp_path: Path) -> None:
+def test_preflight_reads_no_weights(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     headers_only = tmp_path / "headers"
@@ -265,6 +275,11 @@ def test_preflight_reads_no_weights(model: Path, tmp_path: Path) -> None:
     assert report.cost.host_bytes > report.cost.layer_bytes > 0 and report.estimated_seconds > 0
     assert 0 < report.cost.scratch_bytes == report.total_tokens * 64 * 2  # hidden 64, bfloat16
     assert report.seconds < 60
+    # Rows read and a scratch disk too small for them: the run would fail hours in, so it stops here.
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1024))
+    with pytest.raises(UserError, match=r"needs .* of scratch .* has 0.00 MiB free: pass --scratch-dir"):
+        preflight(load_mix("local-sample", data_dir=DATA), headers_only, rows=1, scratch_dir=tmp_path)
 
 
 def test_xlam_row_renders_tools_and_tool_calls(model: Path) -> None:
@@ -434,3 +449,8 @@ def test_cli_takes_the_mix_score_gates_and_refuses_unknown_ones(model: Path, tmp
     assert stopped.value.code == 2
     assert captured.err.strip() == "error: --score-gates 'sideways' is not one of router, renormalized, raw"
     assert "calibration mix" not in captured.out  # refused before the preflight
+    monkeypatch.setattr(sys, "argv", ["bench", "prune", "--model", str(model), "--calibration", "reap-agentic",
+                                      "--keep", "4"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2 and "bench prune needs --out" in capsys.readouterr().err

@@ -243,7 +243,7 @@ class Loop:
         pending = {c.mix_name for c in self.prepared.candidates if self.store.fresh(c.prune) is None}
         for name in sorted(pending):
             self.echo(f"calibration preflight of mix {name}")
-            report = preflight(self.prepared.mixes[name], self.prepared.base)
+            report = preflight(self.prepared.mixes[name], self.prepared.base, device=self.prepared.plan.prune.device)
             self.echo("    " + render_preflight(report).replace("\n", "\n    "))
 
     def execute(self) -> tuple[CandidateOutcome, list[CandidateOutcome]]:

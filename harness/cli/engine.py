@@ -74,7 +74,10 @@ def register(app: typer.Typer) -> None:
     def prune_cmd(
         model: Annotated[Path, typer.Option("--model", help="MoE safetensors checkpoint directory")],
         calibration: Annotated[str, typer.Option("--calibration", help="mix YAML path or a shipped recipe name")],
-        out: Annotated[Path, typer.Option("--out", help="where to write the pruned checkpoint")],
+        out: Annotated[
+            Path | None, typer.Option("--out", help="where to write the pruned checkpoint (not needed with "
+                                      "--estimate-only or --preflight-only)")
+        ] = None,
         compression: Annotated[
             float | None, typer.Option("--compression", help="share of experts to remove per layer, e.g. 0.5")
         ] = None,
@@ -140,10 +143,14 @@ def register(app: typer.Typer) -> None:
             scratch_dir=str(scratch_dir) if scratch_dir else None,
         )
         options.validate()  # a mistyped option fails before the preflight reads any data
+        if out is None and not (estimate_only or preflight_only):
+            raise UserError("bench prune needs --out (where to write the pruned checkpoint); only --estimate-only "
+                            "and --preflight-only run without it")
         report = preflight(mix, model, rows=0 if estimate_only else PREFLIGHT_ROWS, device=device,
                            scratch_dir=scratch_dir)
         print(render_preflight(report))
         if preflight_only or estimate_only:
             return
+        assert out is not None
         result = prune_checkpoint(model, out, mix, options, allow_stacked=allow_stacked, progress=print)
         print(result.summary())

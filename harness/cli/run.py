@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, _eval("--limit")] = _EVAL.limit,
         repeats: Annotated[int, _eval("--repeats")] = _EVAL.repeats,
         seed: Annotated[int, _eval("--seed")] = _EVAL.seed,
-        concurrency: Annotated[str, _eval("--concurrency")] = str(_EVAL.concurrency),
+        concurrency: Annotated[str, _eval("--concurrency", metavar="auto|N")] = str(_EVAL.concurrency),
         temperature: Annotated[float | None, _eval("--temperature")] = _EVAL.temperature,
         max_tokens: Annotated[int | None, _eval("--max-tokens")] = _EVAL.max_tokens,
         no_thinking: Annotated[bool, _eval("--no-thinking")] = _EVAL.no_thinking,

@@ -23,8 +23,8 @@ from scipy import stats as scipy_stats
 from bench import knowledge, stats
 from bench.compare.rundata import PASS_HAT_K, RunData
 from bench.compare.spec import Decision, DivergenceLimits, DivergenceRules, GateSpec, PackRules, Thresholds
-from bench.errors import UserError
 from bench.divergence.summary import ALL, DivergenceSummary, find_summary
+from bench.errors import UserError
 from bench.records import Interval, Manifest, PackResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_INVALID, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -595,7 +595,7 @@ def _divergence_for(spec: GateSpec, candidate: RunData, baseline: RunData, given
         else:
             warnings.append(line + "; divergence rules not checked")
         return []
-    from bench.divergence.reference import reference_dir, read_meta
+    from bench.divergence.reference import read_meta, reference_dir
 
     folder = reference_dir(baseline.path)
     if folder is not None and read_meta(folder).arrays_sha256 != summary.reference_sha256:

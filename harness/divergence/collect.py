@@ -18,7 +18,7 @@ from bench.divergence.drift import Drift, compare_continuations
 from bench.divergence.endpoint import Continuation, Endpoint, PromptLogprobs
 from bench.divergence.measure import compare
 from bench.divergence.options import DivergenceOptions
-from bench.divergence.reference import RefGeneration, Reference, ReferenceMeta, RefText, TextLogprobs
+from bench.divergence.reference import Reference, ReferenceMeta, RefGeneration, RefText, TextLogprobs
 from bench.divergence.summary import (
     DivergenceSummary,
     Measured,

@@ -176,5 +176,6 @@ def truncation_warnings(truncated: dict[str, tuple[int, int]], budgets: dict[str
                else "raise --max-tokens")
         room = f"; the server's context is {context}, raise --max-model-len if the sum does not fit" if context else ""
         lines.append(f"warning: pack {pack}: {cut}/{replies} replies ({cut / replies:.0%}) were cut off at "
-                     f"{split}: the score measures the budget, not the model; {fix}{room}")
+                     f"{split}: unless the replies loop (read a few), the score measures the budget, not the model; "
+                     f"{fix}{room}")
     return lines

@@ -21,11 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.client import ChatClient, RequestFailed, ServerDown, server_root
 from bench.pack import Item, Pack, Sampling, Score
 from bench.records import ItemRecord
+from bench.run.budgets import PackBudget
 from bench.run.concurrency import Concurrency, ConcurrencyControl, Gate
 from bench.run.options import EvalOptions, field_default
 from bench.run.store import RunStore
 from bench.serve.health import scan_transcript
-from bench.run.budgets import PackBudget
 from bench.session import Session
 from bench.transcript import Transcript
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from bench.engine.planning.prune_plan import (
     keep_count,
     plan_pruned,
     renormalization,
+    score_gates_for,
     select_experts,
 )
 from bench.engine.planning.side_files import copy_side_files, write_config
@@ -130,6 +131,7 @@ def prune_checkpoint(
     keep = keep_count(moe.n_experts, moe.top_k, compression=options.compression, keep=options.keep)
     renorm_config = renormalization(moe, options.renormalize)
     samples = build_samples(mix, model_dir)
+    options = replace(options, score_gates=score_gates_for(options, mix.score_gates))  # the mix's, unless given
     # Scoring reads real values; the writer below copies the stored tensors (FP8 codes and scales) as they are.
     scored = compute_view(checkpoint, fp8) if fp8 else checkpoint
     scoring = score_experts(scored, resolve(scored) if fp8 else moe, samples.token_ids, options, keep=keep,
@@ -148,6 +150,7 @@ def prune_checkpoint(
         "criterion": options.criterion,
         "selection": options.selection,
         "renormalize": renorm_config or None,
+        "score_gates": options.score_gates,
         "propagate": scoring.propagate,
         "seed": options.seed,
         "n_experts_before": moe.n_experts,

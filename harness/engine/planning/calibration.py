@@ -429,8 +429,8 @@ def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS, de
     """Check the first ``rows`` rows of every dataset and estimate the scoring cost, before reading weights.
 
     With ``rows=0`` no data is read at all: the estimate then rests on the declared counts, every
-    sample at full length (exact for packed mixes, an upper bound otherwise). A scratch disk too
-    small for the hidden states the run will write fails here, naming the flag that moves them.
+    sample at full length (exact for packed mixes, an upper bound otherwise), and a scratch disk too
+    small is a warning. After reading rows it fails here, naming the flag that moves the scratch.
     """
     started = time.perf_counter()
     checkpoint = Checkpoint.open(model_dir)  # headers only
@@ -456,9 +456,9 @@ def preflight(mix: Mix, model_dir: Path | str, *, rows: int = PREFLIGHT_ROWS, de
         message = (f"scoring {total_tokens} calibration tokens needs {gib(cost.scratch_bytes)} of scratch for the "
                    f"hidden states between layers; {where} has {gib(free)} free: pass --scratch-dir on a larger "
                    "disk, or fewer --samples / a shorter --seq-len")
-        if checks or mix.pack:
+        if checks:  # rows were read: the run is about to start, and would fail hours in
             raise UserError(message)
-        notes.append(f"at full length, {message}")
+        notes.append(f"warning: {message}")
     if device.split(":")[0] != "cpu":
         notes.append(f"the time is at this CPU's matmul rate; {device} is usually much faster")
     return PreflightReport(mix, checks, total_tokens, cost, declared, where, free, time.perf_counter() - started,
@@ -509,7 +509,7 @@ def render_preflight(report: PreflightReport) -> str:
     measured = "" if report.total_tokens == mix.max_tokens else f" (at most {mix.max_tokens})"
     lines.append(f"~{report.total_tokens} tokens{measured}; estimated cost (preflight took {report.seconds:.1f} s):")
     lines.extend(render_cost(report.cost, report.scratch_dir, report.scratch_free))
-    lines.extend(f"note: {note}" for note in report.notes)
+    lines.extend(note if note.startswith("warning:") else f"note: {note}" for note in report.notes)
     return "\n".join(lines)
 
 

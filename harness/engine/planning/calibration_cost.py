@@ -110,13 +110,24 @@ def estimate_scoring_cost(checkpoint: Checkpoint, moe: MoEModel | None, *, token
     )
 
 
+def duration(seconds: float) -> str:
+    """Seconds as people read them: s, min, h or days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def render_cost(cost: ScoringCost, scratch_dir: Path | None = None, scratch_free: int | None = None) -> list[str]:
     """Lines for the preflight: time, then memory per place."""
     where = f" in {scratch_dir}" if scratch_dir else ""
     free = f", {gib(scratch_free)} free there" if scratch_free is not None else ""
     on_cpu = cost.device.split(":")[0] == "cpu"
     return [
-        f"  time: ~{cost.seconds:.0f} s for {cost.tokens} tokens at {cost.gflops:.1f} GFLOP/s",
+        f"  time: ~{duration(cost.seconds)} for {cost.tokens} tokens at {cost.gflops:.1f} GFLOP/s",
         f"  scratch disk: {gib(cost.scratch_bytes)}{where}{free} (hidden states between layers, bfloat16)",
         f"  host RAM: ~{gib(cost.host_bytes)} (largest layer {gib(cost.layer_bytes)}, embeddings "
         f"{gib(cost.embedding_bytes)} while embedding, one {cost.seq_len}-token sequence, token ids, runtime)",
