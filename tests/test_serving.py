@@ -90,8 +90,8 @@ def test_run_scores_items_and_records_the_stack(smoke_run: Path) -> None:
     names = ["first_request", "plain_answer", "thinking_off", "tool_call", "streaming_parity", "fingerprints"]
     assert [c.name for c in manifest.preflight] == names and all(c.ok for c in manifest.preflight)
     levels = manifest.concurrency_levels  # the default, auto, on a vLLM endpoint: bounded by the 9 items
-    assert manifest.concurrency == "auto" and levels is not None and (levels.mode, levels.start) == ("auto", 4)
-    assert 4 <= levels.highest <= 9 and levels.reason == ""
+    assert manifest.concurrency == "auto" and levels is not None and (levels.mode, levels.start) == ("auto", 8)
+    assert 8 <= levels.highest <= 9 and levels.reason == ""
     say = next(r for r in records if r.item_id == "say-1").transcript.exchanges[0].response
     assert say.reasoning and say.content and "<think>" not in say.content
     assert say.usage.completion_tokens > 0 and say.latency_s > 0

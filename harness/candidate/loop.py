@@ -217,6 +217,46 @@ class Loop:
     # ------------------------------------------------------------------------------------------
     # the whole loop
 
+    def diverge_base(self, step: Step) -> Done:
+        """The base's divergence reference (bench diverge --reference), measured once."""
+        if (done := self._cached(step)) is not None:
+            return done
+        from bench.divergence.steps import base_reference
+
+        prepared = self.prepared
+        assert prepared.divergence is not None
+        self._announce(step, "the base's divergence reference")
+        started = time.monotonic()
+        folder = self.store.begin(step)
+        baseline = prepared.baseline
+        launched = base_reference(folder, prepared.divergence, base=prepared.base, endpoint=baseline.url,
+                                  served_model_name=baseline.model if baseline.url else step.label, serve=prepared.serve,
+                                  stored=baseline.run_dir, echo=lambda line: self.echo(f"    {line}"))
+        self.log.launches += int(launched)
+        return self._finish(step, started, {"paths": ["divergence"], "reference": "divergence"})
+
+    def diverge(self, step: Step, model_dir: Path, reference: Path) -> Done:
+        """The candidate's divergence from the base, before its packs; a failed verdict is its gate.json."""
+        if (done := self._cached(step)) is not None:
+            return done
+        from bench.divergence.steps import GATE_FILE, candidate_divergence, headline
+
+        prepared = self.prepared
+        assert prepared.divergence is not None
+        self._announce(step, "divergence from the base")
+        started = time.monotonic()
+        folder = self.store.begin(step)
+        measured = candidate_divergence(folder, model_dir, reference, prepared.divergence, label=step.label,
+                                        serve=prepared.serve, spec=prepared.gate_spec, spec_source=prepared.gate_source,
+                                        echo=lambda line: self.echo(f"    {line}"))
+        self.log.launches += 1
+        outputs: dict[str, Any] = {"paths": ["divergence"], "headline": headline(measured.summary), "failed": False}
+        if measured.verdict is not None:
+            self.echo(f"    {measured.verdict.line}")
+            outputs.update(paths=["divergence", GATE_FILE], gate_json=GATE_FILE, verdict=measured.verdict.verdict,
+                           line=measured.verdict.line, failed=measured.verdict.failed)
+        return self._finish(step, started, outputs)
+
     def candidate(self, candidate: Candidate, base_run: Path | None) -> CandidateOutcome:
         if candidate.load_problem is not None:  # vLLM would refuse it: stop before pruning, let alone serving
             raise UserError(candidate.load_problem)
@@ -229,8 +269,22 @@ class Loop:
             outcome.quantize = quantized.outputs
             model = self.store.path(candidate.quantize.key) / MODEL_DIR
         outcome.checkpoint = model
+        if candidate.diverge is not None and self.prepared.base_divergence is not None:
+            from bench.divergence.reference import DIVERGENCE_DIR
+            from bench.divergence.steps import mark_skipped, place
+
+            diverged = self.diverge(candidate.diverge, model, self.store.path(self.prepared.base_divergence.key) / DIVERGENCE_DIR)
+            skip = self.prepared.divergence is not None and self.prepared.divergence.skip_packs_on_fail
+            if diverged.outputs.get("failed") and skip:
+                outcome.gate_json = self.store.path(candidate.diverge.key) / diverged.outputs["gate_json"]
+                mark_skipped(outcome.gate_json)
+                self.echo(f"    candidate {candidate.label}: packs skipped, it failed divergence from the base "
+                          "(divergence: {skip_packs_on_fail: false} in the plan runs them anyway)")
+                return outcome
         run = self.run(candidate.run, model)
         outcome.run_dir = self.store.path(candidate.run.key) / run.outputs["run_dir"]
+        if candidate.diverge is not None:
+            place(self.store.path(candidate.diverge.key), outcome.run_dir)
         assert base_run is not None
         self.gate(candidate.gate, base_run, outcome.run_dir)
         outcome.gate_json = self.store.path(candidate.gate.key) / "gate.json"
@@ -257,6 +311,12 @@ class Loop:
         else:
             done = self.run(prepared.base_run, prepared.base)
             base.run_dir = self.store.path(prepared.base_run.key) / done.outputs["run_dir"]
+        if prepared.base_divergence is not None:
+            self.diverge_base(prepared.base_divergence)
+            if prepared.base_run is not None and base.run_dir is not None:  # a run this loop owns: keep the reference there
+                from bench.divergence.steps import place
+
+                place(self.store.path(prepared.base_divergence.key), base.run_dir)
         outcomes = []
         for candidate in prepared.candidates:
             try:

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.datafile import load_data_file
+from bench.divergence.options import DivergenceOptions
 from bench.errors import UserError
 from bench.pack import Tier
 from bench.run.options import EvalOptions
@@ -89,6 +90,21 @@ class EvaluateSpec(EvalOptions):
     tier: Tier = Field(default="quick", description="'quick' (15 items per pack; a plan's default) or 'full'")
 
 
+class DivergenceSpec(DivergenceOptions):
+    """``divergence:``: measure each candidate's divergence from the base before its packs (``bench diverge``).
+
+    The base's reference is measured once; a candidate that fails the gate spec's ``divergence:``
+    rules skips its packs unless ``skip_packs_on_fail`` is false. As in ``evaluate:``, the quick tier
+    is the plan's default. ``concurrency`` and ``request_timeout_s`` are not part of the cache key.
+    """
+
+    tier: Literal["quick", "full"] = Field(default="quick", description="'quick' (12 texts per domain; a plan's default) or 'full'")
+    generate: int = Field(default=4, ge=0, description="prompts per domain continued greedily for generation drift (0: none)")
+    skip_packs_on_fail: bool = Field(
+        default=True, description="a candidate that fails the divergence rules runs no packs (its row says so)"
+    )
+
+
 class Plan(BaseModel):
     """One ``bench candidate`` plan."""
 
@@ -112,6 +128,11 @@ class Plan(BaseModel):
     gate: str | dict[str, Any] = Field(
         default="default",
         description="gate spec: a YAML/JSON path (relative to the plan), a name in baselines/, or inline",
+    )
+    divergence: DivergenceSpec | None = Field(
+        default=None,
+        description="measure divergence from the base first, for every candidate (also on when the gate spec has "
+        "divergence: rules); null: only then",
     )
     vllm: ServeOptions = Field(
         default_factory=ServeOptions,

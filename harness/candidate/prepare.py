@@ -12,13 +12,13 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from bench import registry
 from bench.candidate.baseline_source import BaselineSource, resolve_baseline
-from bench.candidate.cache import Step
+from bench.candidate.cache import Step, StepKind
 from bench.candidate.keys import FileDigests, step_key
-from bench.candidate.plan import Plan
+from bench.candidate.plan import DivergenceSpec, Plan
 from bench.compare.spec import GateSpec, load_spec, parse_spec
 from bench.errors import UserError
 from bench.run.options import EvalOptions, RunOptions
@@ -27,6 +27,7 @@ from bench.shipped import spec_names
 from bench.shipped import spec_path as shipped_spec
 
 BASE_LABEL = "base"
+DIVERGE = cast(StepKind, "diverge")  # a step that measures divergence from the base (bench diverge)
 Precision = Literal["fp8", "bf16"]
 
 _VERSION_PROBE = (
@@ -50,6 +51,7 @@ class Candidate:
     run: Step
     gate: Step
     load_problem: str | None = None  # why vLLM would refuse it at the plan's parallel sizes: stopped before pruning
+    diverge: Step | None = None  # its divergence from the base, measured before its packs
 
     @property
     def checkpoint_step(self) -> Step:
@@ -78,12 +80,15 @@ class Prepared:
     base_run: Step | None  # None: a stored baseline stands for the base, nothing runs it
     candidates: list[Candidate]
     baseline: BaselineSource = BaselineSource("served")
+    divergence: DivergenceSpec | None = None  # None: no divergence steps
+    base_divergence: Step | None = None  # the base's reference, measured once
 
     def steps(self) -> list[Step]:
         """Every step in the order the loop runs them."""
-        out = [self.base_run] if self.base_run is not None else []
+        out = [s for s in (self.base_run, self.base_divergence) if s is not None]
         for candidate in self.candidates:
-            out += [s for s in (candidate.prune, candidate.quantize, candidate.run, candidate.gate) if s is not None]
+            out += [s for s in (candidate.prune, candidate.quantize, candidate.diverge, candidate.run, candidate.gate)
+                    if s is not None]
         return out
 
     def run_options(self, step: Step, model_dir: Path, runs_dir: Path) -> RunOptions:
@@ -140,6 +145,31 @@ def _check_gate_covers(spec: GateSpec, packs: list[str], source: str) -> None:
     missing = [p for p in packs if p not in spec.packs]
     if missing:
         raise UserError(f"gate spec {source} has no rule for pack(s) {', '.join(missing)}: add them under packs:, or add defaults:")
+
+
+def _divergence_spec(plan: Plan, plan_path: Path, spec: GateSpec) -> DivergenceSpec | None:
+    """The plan's ``divergence:`` (a text set path made absolute), the defaults when only the gate spec
+    has divergence rules, or None: no divergence steps."""
+    if plan.divergence is None and spec.divergence is None:
+        return None
+    found = plan.divergence or DivergenceSpec()
+    if found.texts:
+        found = found.model_copy(update={"texts": str(_relative(plan_path, found.texts))})
+    from bench.divergence.texts import load_text_set, select
+
+    texts = load_text_set(Path(found.texts) if found.texts else None)  # a bad file fails here, before any pruning
+    if not select(texts.texts, found.tier, found.limit, found.domains or None):
+        raise UserError(f"{plan_path}: divergence: selects no texts")
+    return found
+
+
+def _divergence_identity(spec: DivergenceSpec) -> dict[str, Any]:
+    """What decides a divergence measurement: the texts and how they are measured (not concurrency)."""
+    from bench.divergence.texts import load_text_set
+
+    texts = load_text_set(Path(spec.texts) if spec.texts else None)
+    return {"texts_sha256": texts.sha256, **spec.model_dump(include={"tier", "limit", "domains", "top_k",
+                                                                     "max_text_tokens", "generate", "max_new_tokens"})}
 
 
 def _pack_identity(plan: Plan, packs: list[str]) -> dict[str, Any]:
@@ -305,6 +335,15 @@ def prepare(
         base_run = Step("run", step_key("run", inputs), BASE_LABEL, inputs)
     baseline_key = base_run.key if base_run is not None else step_key(
         "baseline", {"stored": [digests.digest(path) for path in baseline.files()]})
+    divergence = _divergence_spec(plan, plan_path, gate_spec)
+    base_divergence = None
+    identity: dict[str, Any] = {}
+    if divergence is not None:
+        identity = _divergence_identity(divergence)
+        source: dict[str, Any] = ({"endpoint": baseline.url, "model": baseline.model} if baseline.kind == "endpoint"
+                                  else {"checkpoint": base_fingerprint, "serve": serving})
+        inputs = {**source, "divergence": identity}
+        base_divergence = Step(DIVERGE, step_key("diverge", inputs), BASE_LABEL, inputs)
     quant = plan.quantize_spec
     candidates = []
     for mix_name, mix in mixes.items():
@@ -326,12 +365,21 @@ def prepare(
             gate_inputs = {"baseline": baseline_key, "candidate": run.key,
                            "spec": gate_spec.model_dump(mode="json")}
             upstream = (base_run.key, run.key) if base_run is not None else (run.key,)
+            diverge = None
+            if base_divergence is not None:
+                diverge_inputs = {"checkpoint": made_by.key, "reference": base_divergence.key, "divergence": identity,
+                                  "serve": serving, "rules": gate_spec.model_dump(mode="json", include={"divergence",
+                                  "decision", "on_underpowered"})}
+                diverge = Step(DIVERGE, step_key("diverge", diverge_inputs), label, diverge_inputs,
+                               (made_by.key, base_divergence.key))
+                gate_inputs["divergence"] = diverge.key
+                upstream = (*upstream, diverge.key)
             gate = Step("gate", step_key("gate", gate_inputs), label, gate_inputs, upstream)
             planned = candidate_layout(base_layout, moe, keep=keep, unfused=quant_step is not None,
                                        block=(quant.block, quant.block) if quant_step and quant and quant.block
                                        and precision == "fp8" else None)
             candidates.append(Candidate(label, mix_name, keep, ", ".join(origins), prune_step, quant_step, run, gate,
-                                        load_problem(planned, sizes)))
+                                        load_problem(planned, sizes), diverge))
 
     digests.save()
     return Prepared(
@@ -339,4 +387,5 @@ def prepare(
         base_fingerprint=base_fingerprint, family=moe.family.name, n_experts=moe.n_experts, top_k=moe.top_k,
         mixes=mixes, experts_precision=precision, packs=packs, gate_spec=gate_spec, gate_source=gate_source,
         serve=serve, vllm_version=version, base_run=base_run, candidates=candidates, baseline=baseline,
+        divergence=divergence, base_divergence=base_divergence,
     )

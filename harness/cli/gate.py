@@ -1,13 +1,18 @@
-"""`bench gate`, `bench report` and `bench baseline save`: parse arguments, call the library."""
+"""`bench gate`, `bench report`, `bench flips` and `bench baseline save`: parse arguments, call the library."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from bench.errors import UserError
 from bench.shipped import USER_BASELINES_DIR
+
+if TYPE_CHECKING:
+    from bench.compare.flips import Flips
 
 
 def register(app: typer.Typer) -> None:
@@ -52,14 +57,44 @@ def register(app: typer.Typer) -> None:
         max_items: int = typer.Option(200, "--max-items", min=0, help="items shown in the drill-down, flipped first"),
         candidates: Path | None = typer.Option(
             None, "--candidates", help="a bench candidate candidates.json: adds the size-vs-score section"),
+        noise: Path | None = typer.Option(
+            None, "--noise", help="a second run of the first (base) run, another --seed: the flips' noise floor"),
     ) -> None:
         """Render one self-contained HTML report comparing the runs."""
         from bench.report import html as report
         from bench.report.candidates import load_candidate_table
 
         table = load_candidate_table(candidates) if candidates else None
-        path = report.write_report(runs, out, gate_path=gate_json, max_items=max_items, candidates=table)
+        path = report.write_report(runs, out, gate_path=gate_json, max_items=max_items, candidates=table, noise_path=noise)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+    @app.command("flips")
+    def flips_cmd(
+        run: Path = typer.Argument(..., help="candidate run directory"),
+        baseline: str = typer.Option(..., "--baseline", "-b", help="baseline run directory or stored baseline name"),
+        noise: str | None = typer.Option(
+            None, "--noise", help="a second run of the baseline (another --seed): flips chance alone gives"),
+        packs: str | None = typer.Option(None, "--packs", help="comma-separated packs to pair (default: all both hold)"),
+        as_json: bool = typer.Option(False, "--json", help="print the tables as JSON"),
+        baselines_dir: Path = typer.Option(USER_BASELINES_DIR, "--baselines-dir", help="your folder of named baselines"),
+    ) -> None:
+        """Per pack and subdimension: items right->wrong, wrong->right, both right, both wrong, with the exact McNemar p, set against the flips a rerun of the baseline (--noise) or its own --repeats give."""  # noqa: E501
+        from bench.compare.baselines import resolve_run
+        from bench.compare.flips import flips
+        from bench.compare.rundata import load_run
+
+        chosen = [name.strip() for name in packs.split(",") if name.strip()] if packs else None
+        found = flips(
+            load_run(resolve_run(baseline, baselines_dir=baselines_dir)), load_run(run),
+            load_run(resolve_run(noise, baselines_dir=baselines_dir)) if noise else None, chosen,
+        )  # fmt: skip
+        refused = [pack.refused for pack in found.packs if pack.refused]
+        if refused:
+            raise UserError("; ".join(refused))
+        if as_json:
+            print(found.model_dump_json(indent=2))
+            return
+        _print_flips(found)
 
     baseline_app = typer.Typer(help="Store runs as named baselines.", no_args_is_help=True)
 
@@ -78,3 +113,36 @@ def register(app: typer.Typer) -> None:
         print(f"saved baseline {name} -> {target}")
 
     app.add_typer(baseline_app, name="baseline")
+
+
+def _print_flips(found: Flips) -> None:
+    """`bench flips`: one row per pack and measure, then each pack's right->wrong ids and notes."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bench.compare.flips import shown_ids
+
+    console = Console(highlight=False, width=max(Console().width, 200))
+    table = Table(title=f"flips: {found.candidate} vs {found.baseline}")
+    for column in ("pack", "measure", "paired", "right→wrong", "wrong→right", "both right", "both wrong", "McNemar p",
+                   "base-vs-base", "between base trials"):
+        table.add_column(column, no_wrap=True)
+    for pack in found.packs:
+        for measure in pack.measures:
+            cells = measure.table
+            p_value = f"{cells.p_value:.2g}" if cells.p_value is not None else "-"
+            table.add_row(escape(pack.pack), escape(measure.measure), str(cells.paired), str(cells.right_to_wrong),
+                          str(cells.wrong_to_right), str(cells.both_right), str(cells.both_wrong), p_value,
+                          measure.floor_text("rerun"), measure.floor_text("repeats"))
+    console.print(table)
+    for note in found.notes:
+        console.print(escape(f"note: {note}"), soft_wrap=True)
+    for pack in found.packs:
+        for measure in pack.measures:
+            if measure.table.regressed:
+                ids = shown_ids(measure.table.regressed, len(measure.table.regressed))
+                console.print(escape(f"{pack.pack} {measure.measure} right→wrong ({len(measure.table.regressed)}): {ids}"),
+                              soft_wrap=True)
+        for note in pack.notes:
+            console.print(escape(f"{pack.pack} note: {note}"), soft_wrap=True)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from bench.compare.rundata import load_run
+from bench.divergence.reference import DIVERGENCE_DIR, REFERENCE_JSON
 from bench.errors import UserError
 from bench.pruning_record import PRUNING_FILE
 from bench.run.store import ITEMS, MANIFEST, RESULTS
@@ -46,6 +47,9 @@ def save_baseline(run: Path, name: str, *, baselines_dir: Path = USER_BASELINES_
     for filename in OPTIONAL_FILES:
         if (run / filename).is_file():
             shutil.copy2(run / filename, staging / filename)
+    if (run / DIVERGENCE_DIR / REFERENCE_JSON).is_file():  # the base's divergence reference: never served again
+        shutil.copytree(run / DIVERGENCE_DIR, staging / DIVERGENCE_DIR,
+                        ignore=shutil.ignore_patterns("vllm-cache", "server.log", "*.tmp"))
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -20,6 +20,7 @@ from bench.divergence.measure import compare
 from bench.divergence.options import DivergenceOptions
 from bench.divergence.reference import Reference, ReferenceMeta, RefGeneration, RefText, TextLogprobs
 from bench.divergence.summary import (
+    WORST_TEXTS,
     DivergenceSummary,
     Measured,
     SideRef,
@@ -205,7 +206,7 @@ async def measure_candidate(endpoint: Endpoint, reference: Reference, options: D
         continuations = await _all([_continue(endpoint, g, meta.max_new_tokens) for g in meta.generations])
         drifts = [compare_continuations(g.id, g.domain, g.token_ids, g.finish_reason, c.token_ids, c.finish_reason)
                   for g, c in zip(meta.generations, continuations, strict=True)]
-    by_text = sorted(range(len(results)), key=lambda i: -results[i].mean_kl)[:8]
+    by_text = sorted(range(len(results)), key=lambda i: -results[i].mean_kl)[:WORST_TEXTS]
     wanted = sorted({int(t) for i in by_text for t in (*compared[i].metrics.base_top, *compared[i].metrics.candidate_top)
                      if t >= 0})
     names = await _all([endpoint.detokenize([t]) for t in wanted])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ REFERENCE_JSON = "reference.json"
 REFERENCE_NPZ = "reference.npz"
 TOKENS_FILE = "tokens.jsonl.gz"
 TEXTS_FILE = "texts.jsonl"
-SCHEMA_VERSION = 1
 
 
 class RefText(BaseModel):
@@ -61,7 +61,7 @@ class ReferenceMeta(BaseModel):
     """``reference.json``."""
 
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     kind: Literal["divergence-reference"] = "divergence-reference"
     created_at: str
     model: str
@@ -135,8 +135,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def write_reference(folder: Path, meta: ReferenceMeta, measured: list[TextLogprobs]) -> Path:
     """Write the four files; the arrays' hash goes into reference.json (written last, so a folder
     with a reference.json is complete)."""
-    import io
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / REFERENCE_JSON).unlink(missing_ok=True)
     buffer = io.BytesIO()
@@ -182,7 +180,13 @@ def load_reference(path: Path) -> Reference:
     meta = read_meta(folder)
     try:
         raw = (folder / REFERENCE_NPZ).read_bytes()
-        with np.load(folder / REFERENCE_NPZ, allow_pickle=False) as arrays:
+    except OSError as exc:
+        raise UserError(f"cannot read {folder / REFERENCE_NPZ}: {exc.strerror}") from exc
+    if hashlib.sha256(raw).hexdigest() != meta.arrays_sha256:
+        raise UserError(f"{folder / REFERENCE_NPZ} does not match the hash in {REFERENCE_JSON}: it was changed or "
+                        "half-written; make the reference again")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
             top_ids: NDArray[np.int32] = arrays["top_ids"]
             top_lp: NDArray[np.float32] = arrays["top_lp"]
             actual_lp: NDArray[np.float32] = arrays["actual_lp"]
@@ -190,9 +194,6 @@ def load_reference(path: Path) -> Reference:
         texts = parse_texts((folder / TEXTS_FILE).read_text(encoding="utf-8").splitlines(), str(folder / TEXTS_FILE))
     except (OSError, KeyError, ValueError, EOFError) as exc:
         raise UserError(f"{folder}: the reference files are incomplete or unreadable ({exc}); make it again") from exc
-    if hashlib.sha256(raw).hexdigest() != meta.arrays_sha256:
-        raise UserError(f"{folder / REFERENCE_NPZ} does not match the hash in {REFERENCE_JSON}: it was changed or "
-                        "half-written; make the reference again")
     tokens = [json.loads(line) for line in lines]
     if not (len(tokens) == len(texts) == len(meta.texts)):
         raise UserError(f"{folder}: {len(meta.texts)} texts described, {len(texts)} stored, {len(tokens)} tokenized")

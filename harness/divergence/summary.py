@@ -169,7 +169,6 @@ def text_result(measured: Measured) -> TextResult:
 
 def domain_figures(group: Sequence[Measured], confidence: float, seed: int) -> DomainDivergence:
     kl = np.concatenate([m.metrics.kl for m in group])
-    agree = np.concatenate([m.metrics.agree for m in group])
     top_lp = np.concatenate([m.metrics.base_top_lp for m in group])
     tail = np.concatenate([m.metrics.tail for m in group])
     delta = np.concatenate([m.metrics.delta_nll for m in group])

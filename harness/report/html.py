@@ -28,8 +28,10 @@ from pandas.io.formats.style import Styler
 from bench import __version__ as bench_version
 from bench import knowledge, passk, stats
 from bench.compare.discrimination import discrimination
+from bench.compare.flips import Flips, flips, shown_ids
 from bench.compare.gate import GateResult, load_gate_result, stack_settings
 from bench.compare.rundata import PASS_HAT_K, RunData, load_run
+from bench.divergence.report_view import divergence_section
 from bench.errors import UserError
 from bench.records import Interval, ItemRecord, PackResult, PassK
 from bench.report import charts
@@ -644,6 +646,64 @@ def discrimination_view(runs: Sequence[RunData]) -> tuple[pd.DataFrame | None, s
     return frame, ""
 
 
+FLIP_ALPHA = 0.05  # a right->wrong or wrong->right count is marked when McNemar's p is below this
+
+
+def _flip_frame(found: Flips) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (pack, measure): the four cells, McNemar's p, the floors, the right->wrong ids."""
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    classes: dict[tuple[str, str], dict[str, str]] = {}
+    for pack in found.packs:
+        for measure in pack.measures:
+            cells = measure.table
+            rows[(pack.pack, measure.measure)] = {
+                "paired": cells.paired, "right→wrong": cells.right_to_wrong, "wrong→right": cells.wrong_to_right,
+                "both right": cells.both_right, "both wrong": cells.both_wrong,
+                "McNemar p": f"{cells.p_value:.2g}" if cells.p_value is not None else "-",
+                "base-vs-base": measure.floor_text("rerun"), "between base trials": measure.floor_text("repeats"),
+                "right→wrong (ids)": shown_ids(cells.regressed),
+            }  # fmt: skip
+            significant = cells.p_value is not None and cells.p_value < FLIP_ALPHA
+            worse = significant and cells.right_to_wrong > cells.wrong_to_right
+            better = significant and cells.wrong_to_right > cells.right_to_wrong
+            classes[(pack.pack, measure.measure)] = {"right→wrong": "worse" if worse else "",
+                                                     "wrong→right": "better" if better else ""}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(list(rows), names=["pack", "measure"])
+    class_frame = pd.DataFrame.from_dict(classes, orient="index")
+    class_frame.index = frame.index
+    return frame, class_frame
+
+
+def flip_sections(runs: Sequence[RunData], labels: Sequence[str], noise: RunData | None) -> list[dict[str, Any]]:
+    """Per run after the first: its flips against the first run, with the noise floors (bench.compare.flips).
+
+    A pack asked as different items, or runs without item scores, get their one line instead of rows.
+    """
+    sections = []
+    for index, (run, label) in enumerate(zip(runs[1:], labels[1:], strict=True), start=1):
+        notes: list[str] = []
+        table = None
+        lines: list[str] = []
+        try:
+            found = flips(runs[0], run, noise)
+        except UserError as exc:
+            notes.append(str(exc))
+        else:
+            notes += found.notes + [pack.refused for pack in found.packs if pack.refused]
+            grouped: dict[str, list[str]] = {}
+            for pack in found.packs:
+                for note in pack.notes:
+                    grouped.setdefault(note, []).append(pack.pack)
+            notes += [f"{', '.join(packs)}: {note}" for note, packs in grouped.items()]
+            lines = [f"{pack.pack} {measure.line()}" for pack in found.packs for measure in pack.measures[:1]]
+            if any(pack.measures for pack in found.packs):
+                frame, classes = _flip_frame(found)
+                table = _styled(frame, f"flip-table-{index}", classes)
+        sections.append({"label": label, "table": table, "lines": lines, "notes": notes})
+    return sections
+
+
 # ---------------------------------------------------------------------------------------------
 # Charts
 
@@ -772,11 +832,18 @@ def _run_pruning(runs: Sequence[RunData], labels: Sequence[str], candidates: Can
 
 def render_report(
     runs: Sequence[RunData], *, gate: GateResult | None = None, max_items: int = 200,
-    candidates: CandidateTable | None = None,
+    candidates: CandidateTable | None = None, noise: RunData | None = None,
 ) -> str:
-    """The whole report as one HTML string; ``candidates`` (from ``bench candidate``) adds its section."""
+    """The whole report as one HTML string; ``candidates`` (from ``bench candidate``) adds its section.
+
+    ``noise`` is a second run of the first run's model: the flips section's base-vs-base floor.
+    """
     if not runs:
         raise UserError("bench report needs at least one run directory")
+    if noise is not None and len(runs) < 2:
+        raise UserError("--noise sets the floor for flips between the first run and another: give two runs or more")
+    if noise is not None and noise.path.resolve() == runs[0].path.resolve():
+        raise UserError(f"--noise {noise.path} is the first run itself: give a second run of the base (another --seed)")
     labels = _labels(runs)
     candidate_section = candidates_context(candidates) if candidates is not None else None
     pruning = _run_pruning(runs, labels, candidates)
@@ -807,10 +874,12 @@ def render_report(
         trial_sections=trial_sections(runs, labels, max_items),
         discrimination_table=_styled(discriminating, "discrimination") if discriminating is not None else None,
         discrimination_note=discrimination_note,
+        divergence=divergence_section(runs, labels, _styled),
         timing_table=_styled(timing, "timing", precision=2) if not timing.empty else None,
         latency_chart=_latency_chart(runs, labels),
         health_table=_styled(health, "health", health_classes),
         flip_summary=_styled(flip_summary, "flips") if not flip_summary.empty else None,
+        flip_sections=flip_sections(runs, labels, noise),
         items=items,
         total_items=int(flip_summary.to_numpy().sum()) if not flip_summary.empty else 0,
         open_items=OPEN_ITEMS,
@@ -819,12 +888,13 @@ def render_report(
 
 def write_report(
     run_paths: Sequence[Path], out: Path, *, gate_path: Path | None = None, max_items: int = 200,
-    candidates: CandidateTable | None = None,
+    candidates: CandidateTable | None = None, noise_path: Path | None = None,
 ) -> Path:
-    """Load the runs (and a gate result), render, and write the HTML file."""
+    """Load the runs (and a gate result, and a rerun of the base), render, and write the HTML file."""
     runs = [load_run(path) for path in run_paths]
     gate = load_gate_result(gate_path) if gate_path else None
-    html = render_report(runs, gate=gate, max_items=max_items, candidates=candidates)
+    noise = load_run(noise_path) if noise_path else None
+    html = render_report(runs, gate=gate, max_items=max_items, candidates=candidates, noise=noise)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")

@@ -51,7 +51,7 @@ def concurrency_value(value: Any) -> Concurrency:
 class AutoSettings:
     """The knobs of ``auto`` (defaults fit both a CPU test server and a GPU server)."""
 
-    start: int = 4
+    start: int = 8  # the fixed level bench used before auto: never a slower start than that
     floor: int = 1
     ceiling: int = 256  # also bounded by the number of items left to ask
     interval_s: float = 0.5  # between two readings of /metrics
@@ -131,11 +131,12 @@ class Controller:
     Without pressure the level grows only when it binds (items waited for it: room that no item uses
     tells nothing) and only while growing pays. The server's generated tokens per second judge each
     level: after ``settle`` readings (the new items are still in prefill), over ``window`` readings. A
-    doubling that raises the rate by less than ``min_gain`` is undone, and that level becomes the knee:
-    past it a server that is short of CPU (a CPU build, a busy API process) serves fewer tokens, while
-    its queue and KV cache still look empty. After the first pressure or knee, growth is by ``growth``
-    of the level, up to the knee, and a step that lowers the rate by ``min_gain`` is undone too. A
-    server that reports no token counter is judged by pressure alone.
+    doubling that raises the rate by less than ``min_gain`` went past the knee: the level settles
+    halfway back, and that is the most it will use. Past the knee a server short of CPU (a CPU build,
+    a busy API process) serves fewer tokens, while its queue and KV cache still look empty. After the
+    first pressure or knee, growth is by ``growth`` of the level, up to the knee, and a step that
+    lowers the rate by ``min_gain`` is undone. A server that reports no token counter is judged by
+    pressure alone.
     """
 
     def __init__(self, settings: AutoSettings, ceiling: int) -> None:
@@ -192,8 +193,12 @@ class Controller:
         before, self._before = self._before, None  # each raise is judged once
         if measured is not None and before is not None:
             gain = measured / before[1] - 1 if before[1] > 0 else float("inf")
-            if gain < (self.settings.min_gain if self.probing else -self.settings.min_gain):
-                self.probing, self.knee = False, before[0]
+            if self.probing and gain < self.settings.min_gain:
+                # The knee lies between the two levels, and one window's rate is noisy: settle halfway.
+                self.probing, self.knee = False, (before[0] + level) // 2
+                return self._move(level, self.knee)
+            if not self.probing and gain < -self.settings.min_gain:
+                self.knee = before[0]
                 return self._move(level, before[0])
         cap = min(self.ceiling, self.knee or self.ceiling)
         step = level if self.probing else max(1, int(level * self.settings.growth))

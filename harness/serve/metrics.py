@@ -107,7 +107,7 @@ def combine(loads: Sequence[ServerLoad]) -> ServerLoad:
 class VllmMetrics:
     """Reads the combined load of a run's endpoints; one HTTP client for the whole run."""
 
-    def __init__(self, roots: Sequence[str], *, timeout_s: float = 2.0, api_key: str | None = None) -> None:
+    def __init__(self, roots: Sequence[str], *, timeout_s: float = 5.0, api_key: str | None = None) -> None:
         if not roots:
             raise ValueError("at least one server root is needed")
         self.roots = list(roots)
