@@ -86,7 +86,11 @@ def test_run_scores_items_and_records_the_stack(smoke_run: Path) -> None:
     assert pack.health.leaked_markers == 0 and pack.health.truncated == 0
     assert manifest.server.vllm_version and manifest.server.rendered_prompt_sha256
     assert manifest.options["serve"]["reasoning_parser"] == "auto" and manifest.options["evaluate"]["packs"] == "smoke"
-    assert manifest.packs[0].sampling == {"temperature": 0.0, "max_tokens": 64, "thinking": True}
+    # The answer's 64 tokens plus an endpoint's default thinking budget, capped below its 4096-token context.
+    assert manifest.packs[0].sampling == {"temperature": 0.0, "max_tokens": 4095, "thinking": True}
+    budget = manifest.packs[0].budget
+    assert budget is not None and budget["answer_tokens"] == 64 and "capped below the context" in budget["sources"]["max_tokens"]
+    assert manifest.server.max_model_len == 4096 and manifest.server.max_model_len_source == "the endpoint's /models"
     names = ["first_request", "plain_answer", "thinking_off", "tool_call", "streaming_parity", "fingerprints"]
     assert [c.name for c in manifest.preflight] == names and all(c.ok for c in manifest.preflight)
     levels = manifest.concurrency_levels  # the default, auto, on a vLLM endpoint: bounded by the 9 items
