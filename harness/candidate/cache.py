@@ -24,7 +24,7 @@ from typing import Any, Literal
 from bench import __version__
 from bench.errors import UserError
 
-StepKind = Literal["run", "prune", "quantize", "gate"]
+StepKind = Literal["run", "prune", "quantize", "gate", "diverge"]
 STEP_FILE = "step.json"
 DONE_FILE = "done.json"
 LOCK_FILE = ".lock"

@@ -12,7 +12,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from bench import registry
 from bench.candidate.baseline_source import BaselineSource, resolve_baseline
@@ -27,7 +27,7 @@ from bench.shipped import spec_names
 from bench.shipped import spec_path as shipped_spec
 
 BASE_LABEL = "base"
-DIVERGE = cast(StepKind, "diverge")  # a step that measures divergence from the base (bench diverge)
+DIVERGE: StepKind = "diverge"  # a step that measures divergence from the base (bench diverge)
 Precision = Literal["fp8", "bf16"]
 
 _VERSION_PROBE = (
