@@ -205,6 +205,23 @@ def test_a_plan_run_gets_the_plan_sections_as_run_options(tmp_path: Path, script
 
 @needs_data
 @pytest.mark.engine
+def test_an_endpoint_baseline_runs_the_base_packs_there(tmp_path: Path, scripted_model: Path) -> None:
+    from bench.candidate import prepare
+
+    path = write_plan(tmp_path, tiny_plan(baseline="http://gpu-box:8000", baseline_model="big-base"))
+    prepared = prepare(load_plan(path), path, scripted_model, data_dir=DATA_DIR, vllm_python=sys.executable)
+    assert prepared.baseline.kind == "endpoint" and prepared.baseline.url == "http://gpu-box:8000/v1"
+    assert prepared.base_run is not None and prepared.base_run.inputs["endpoint"] == "http://gpu-box:8000/v1"
+    options = prepared.run_options(prepared.base_run, scripted_model, tmp_path / "runs")
+    assert options.model is None and options.endpoints == ["http://gpu-box:8000/v1"]  # nothing is launched for it
+    assert options.served_model_name == "big-base"
+    candidate = prepared.candidates[0]
+    assert prepared.run_options(candidate.run, tmp_path / "cand", tmp_path / "runs").model == str(tmp_path / "cand")
+    assert candidate.gate.upstream == (prepared.base_run.key, candidate.run.key)
+
+
+@needs_data
+@pytest.mark.engine
 def test_cache_keys_change_with_inputs_and_only_then(tmp_path: Path, scripted_model: Path) -> None:
     base = _keys(tiny_plan(), tmp_path, scripted_model)
     assert list(base) == ["run:base", "prune:local-sample-k4", "quantize:local-sample-k4-fp8dense",
