@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 import openai
 from openai import AsyncOpenAI
 
-from bench.errors import ServerError
+from bench.errors import ServerError, UserError
 from bench.pack import Sampling
 from bench.transcript import Request, Response, ToolCall, Usage
 
@@ -232,3 +233,17 @@ def normalize_endpoint(url: str) -> str:
 def server_root(endpoint: str) -> str:
     """The server root (for /health, /metrics, /version) of a /v1 base URL."""
     return endpoint[: -len("/v1")] if endpoint.endswith("/v1") else endpoint
+
+
+def served_models(url: str, timeout_s: float) -> list[str]:
+    """The model names an OpenAI-compatible endpoint (its /v1 URL) serves; one line when it cannot say."""
+    try:
+        response = httpx.get(f"{url}/models", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach endpoint {url}: {type(exc).__name__} ({exc}); is the server running?") from exc
+    if response.status_code != 200:
+        raise UserError(f"endpoint {url} answered GET /models with HTTP {response.status_code}: is it an OpenAI-compatible server?")
+    try:
+        return [str(card["id"]) for card in response.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"endpoint {url} returned an unexpected /models body") from exc

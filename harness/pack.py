@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from bench.session import Session
 
 Tier = Literal["quick", "full"]
+T = TypeVar("T")
 # ``unmeasured``: the pack could not ask what it measures here (a server without guided decoding);
 # such a score is left out of every mean and comparison, as a failed request is, but is final.
 ScoreStatus = Literal["scored", "truncated", "empty", "error", "unmeasured"]
@@ -180,6 +182,19 @@ class Pack(ABC):
             if item.id == item_id:
                 return item
         return None
+
+
+def round_robin(groups: Iterable[Sequence[T]], n: int, seed: int) -> list[T]:
+    """Up to ``n`` members taken one group at a time, each group in a seeded order: what a pack's
+    stratified ``limit`` returns so that a small ``--limit`` still reaches every group."""
+    rng = random.Random(seed)
+    queues = [rng.sample(list(group), len(group)) for group in groups]
+    chosen: list[T] = []
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def describe_options(model: type[BaseModel]) -> str:

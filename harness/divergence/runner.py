@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from bench.client import normalize_endpoint, server_root
+from bench.client import normalize_endpoint, served_models, server_root
 from bench.divergence.collect import collect_reference, measure_candidate
 from bench.divergence.drift import Drift
 from bench.divergence.endpoint import Endpoint
@@ -42,19 +40,6 @@ class Served:
     vllm_version: str | None
 
 
-def _served_names(url: str, timeout_s: float) -> list[str]:
-    try:
-        response = httpx.get(f"{url}/models", timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise UserError(f"cannot reach endpoint {url}: {type(exc).__name__} ({exc}); is the server running?") from exc
-    if response.status_code != 200:
-        raise UserError(f"endpoint {url} answered GET /models with HTTP {response.status_code}: is it an OpenAI-compatible server?")
-    try:
-        return [str(card["id"]) for card in response.json().get("data", [])]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"endpoint {url} returned an unexpected /models body") from exc
-
-
 @contextlib.contextmanager
 def serve_or_connect(*, model: str | None, endpoint: str | None, served_model_name: str | None, serve: ServeOptions,
                      folder: Path, echo: Echo = print) -> Iterator[Served]:
@@ -65,7 +50,7 @@ def serve_or_connect(*, model: str | None, endpoint: str | None, served_model_na
         raise UserError("give --model DIR to launch a vLLM server, or --endpoint URL to use a running one (one of them)")
     if endpoint is not None:
         url = normalize_endpoint(endpoint)
-        names = _served_names(url, 30.0)
+        names = served_models(url, 30.0)
         name = served_model_name or (names[0] if names else "")
         if not name or name not in names:
             raise UserError(f"endpoint {url} does not serve {name or 'any model'}; it serves {names}")

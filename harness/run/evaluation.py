@@ -21,7 +21,15 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from bench import __version__, registry
-from bench.client import ChatClient, ClientConfig, ServerCheck, ServerDown, normalize_endpoint, server_root
+from bench.client import (
+    ChatClient,
+    ClientConfig,
+    ServerCheck,
+    ServerDown,
+    normalize_endpoint,
+    served_models,
+    server_root,
+)
 from bench.engine.planning.parallelism import check_load
 from bench.errors import PreflightError, UserError
 from bench.pack import Pack, Sampling
@@ -132,20 +140,6 @@ def _host() -> dict[str, Any]:
     }
 
 
-def _check_endpoint(url: str, timeout_s: float) -> list[str]:
-    """Fail in one line when an endpoint is unreachable; return the model names it serves."""
-    try:
-        response = httpx.get(f"{url}/models", timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise UserError(f"cannot reach endpoint {url}: {type(exc).__name__} ({exc}); is the server running?") from exc
-    if response.status_code != 200:
-        raise UserError(f"endpoint {url} answered GET /models with HTTP {response.status_code}: is it an OpenAI-compatible server?")
-    try:
-        return [m["id"] for m in response.json().get("data", [])]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"endpoint {url} returned an unexpected /models body") from exc
-
-
 def served_context(url: str, name: str | None) -> int | None:
     """The context length a vLLM server reports in ``/models`` for ``name`` (None: its first model);
     None where it does not say."""
@@ -163,7 +157,7 @@ def _precheck(options: RunOptions) -> None:
     """Catch a bad model path or a dead endpoint before anything is created on disk."""
     if options.endpoints:
         for url in options.endpoints:
-            _check_endpoint(normalize_endpoint(url), options.evaluate.request_timeout_s)
+            served_models(normalize_endpoint(url), options.evaluate.request_timeout_s)
     elif options.model:
         path = Path(options.model).expanduser().resolve()
         check_checkpoint(read_checkpoint(path))
@@ -227,7 +221,7 @@ def _connect(options: RunOptions, store: RunStore) -> Iterator[tuple[ServerInfo,
         urls = [normalize_endpoint(u) for u in options.endpoints]
         served: list[str] = []
         for url in urls:
-            served = _check_endpoint(url, options.evaluate.request_timeout_s)
+            served = served_models(url, options.evaluate.request_timeout_s)
         name = options.served_model_name or (served[0] if served else "")
         if not name:
             raise UserError(f"endpoint {urls[0]} serves no model")

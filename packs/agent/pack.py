@@ -10,7 +10,6 @@ tool calls against a fresh environment, so a stored run is re-scored offline exa
 
 from __future__ import annotations
 
-import random
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.client import RequestFailed
 from bench.errors import UserError
-from bench.pack import Item, JsonlPack, Sampling, Score
+from bench.pack import Item, JsonlPack, Sampling, Score, round_robin
 from bench.packs.agent.environment import world_file
 from bench.packs.agent.episode import ENVIRONMENTS, Episode, schema_problem
 from bench.packs.agent.scoring import score_transcript
@@ -79,14 +78,7 @@ class AgentPack(JsonlPack):
         by_env: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             by_env[item.data["env"]].append(item)
-        rng = random.Random(seed)
-        queues = [rng.sample(group, len(group)) for _, group in sorted(by_env.items())]
-        chosen: list[Item] = []
-        while len(chosen) < n and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < n:
-                    chosen.append(queue.pop(0))
-        return chosen
+        return round_robin([group for _, group in sorted(by_env.items())], n, seed)
 
     def messages(self, item: Item) -> list[dict[str, Any]]:
         spec = TaskSpec.model_validate(item.data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
-from bench.pack import Item, JsonlPack, Sampling, Score, Tier, select_tier, unscorable
+from bench.pack import Item, JsonlPack, Sampling, Score, Tier, round_robin, select_tier, unscorable
 from bench.packs.cli import fixtures
 from bench.packs.cli.extract import command_lines, extract_script
 from bench.packs.cli.scoring import judge, no_command, replay
@@ -180,14 +179,7 @@ class CliPack(JsonlPack):
         by_family: dict[str, list[Item]] = {}
         for item in items:
             by_family.setdefault(item.data["family"], []).append(item)
-        rng = random.Random(seed)
-        queues = [rng.sample(group, len(group)) for _, group in sorted(by_family.items())]
-        chosen: list[Item] = []
-        while len(chosen) < n and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < n:
-                    chosen.append(queue.pop(0))
-        return chosen
+        return round_robin([group for _, group in sorted(by_family.items())], n, seed)
 
     def data_files(self) -> list[Path]:
         return super().data_files() + [Path(str(found)) for found in fixtures.data_files()]

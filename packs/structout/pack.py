@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 
 from bench.client import RequestFailed
-from bench.pack import Item, JsonlPack, Sampling, Score, load_jsonl_items, unscorable
+from bench.pack import Item, JsonlPack, Sampling, Score, load_jsonl_items, round_robin, unscorable
 from bench.packs.structout.data import MODE_SEPARATOR, SUBDIMENSIONS, check_task
 from bench.packs.structout.prompt import render_messages, response_format
 from bench.packs.structout.scoring import extraction_rules, not_measured, score_reply
@@ -106,14 +105,7 @@ class StructOutPack(JsonlPack):
             task = task_id(item.id)
             if task not in by_kind[item.data["kind"]]:
                 by_kind[item.data["kind"]].append(task)
-        rng = random.Random(seed)
-        queues = [rng.sample(tasks, len(tasks)) for _, tasks in sorted(by_kind.items())]
-        chosen: set[str] = set()
-        wanted = math.ceil(n / len(MODES))
-        while len(chosen) < wanted and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < wanted:
-                    chosen.add(queue.pop(0))
+        chosen = set(round_robin([tasks for _, tasks in sorted(by_kind.items())], math.ceil(n / len(MODES)), seed))
         return [item for item in items if task_id(item.id) in chosen]
 
     def messages(self, item: Item) -> list[dict[str, Any]]:

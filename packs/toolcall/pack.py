@@ -7,12 +7,11 @@ for using what the tool returned.
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from functools import cached_property
 from typing import Any
 
-from bench.pack import Item, JsonlPack, Sampling, Score
+from bench.pack import Item, JsonlPack, Sampling, Score, round_robin
 from bench.packs.toolcall.data import Catalog, check_item, load_catalog
 from bench.packs.toolcall.mock import mock_result
 from bench.packs.toolcall.scoring import score_transcript
@@ -49,14 +48,7 @@ class ToolCallPack(JsonlPack):
         by_category: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             by_category[item.data["category"]].append(item)
-        rng = random.Random(seed)
-        queues = [rng.sample(group, len(group)) for group in by_category.values()]
-        chosen: list[Item] = []
-        while len(chosen) < n and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < n:
-                    chosen.append(queue.pop(0))
-        return chosen
+        return round_robin(by_category.values(), n, seed)
 
     def messages(self, item: Item) -> list[dict[str, Any]]:
         return [
