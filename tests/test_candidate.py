@@ -48,6 +48,8 @@ def write_plan(folder: Path, plan: dict[str, Any], name: str = "plan.yaml") -> P
     [
         ({"prune.ratio": [0.5]}, "unknown key 'ratio' at prune; did you mean 'ratios'?"),
         ({"prune.criterion": "reep"}, "prune.criterion: 'reep' is not one of reap, frequency, mean-gate, ean, random; did you mean 'reap'?"),
+        ({"prune.criterion": ["reap", "freqency"]}, "prune.criterion.1: 'freqency' is not one of reap, frequency, mean-gate, ean, random; did you mean 'frequency'?"),
+        ({"prune.criterion": []}, "prune.criterion: [] should be non-empty"),
         ({"prune.ratios": [1.5]}, "prune.ratios: 1.5 is not in [0, 1) (the share of experts removed)"),
         ({"prune.ratios": ["half"]}, "prune.ratios.0: 'half' is not of type 'number'"),
         ({"prune.mixes": []}, "prune.mixes: [] should be non-empty"),
@@ -56,7 +58,7 @@ def write_plan(folder: Path, plan: dict[str, Any], name: str = "plan.yaml") -> P
         ({"evaluate.tier": "fast"}, "evaluate.tier: 'fast' is not one of quick, full"),
         ({"quantize": "yes"}, "quantize: 'yes' must be true/false or a mapping"),
         ({"quantize.experts": "fp16"}, "quantize.experts: 'fp16' is not one of auto, fp8, bf16; did you mean 'bf16'?"),
-        ({"vllm.max_model_len": "big"}, "vllm.max_model_len: 'big' is not of type 'integer'"),
+        ({"vllm.max_model_len": "big"}, "vllm.max_model_len: 'big' must be an integer or 'auto'"),
         ({"gate": 5}, "gate: 5 must be a string or a mapping"),
         ({"vlm": {}}, "unknown key 'vlm' at top level; did you mean 'vllm'?"),
     ],
@@ -130,6 +132,30 @@ def test_summary_markdown_and_exit_codes() -> None:
     assert "- `m-k2` (ratio 0.5): FailToolcall: x\\|y" in text  # a pipe in a verdict cannot break the table
     assert "| m-k3 | - | - | 3/8 | bf16 | - | - | error |  |" in text
     assert "- `m-k3`: stopped: vLLM exited with code 1; see server.log" in text
+    assert "KL from base" not in text  # no divergence measured: no columns for it
+
+
+def test_summary_table_shows_divergence_beside_the_packs() -> None:
+    """Two criteria at one ratio: the table sets their KL and top-1 agreement side by side."""
+    from bench.candidate import Summary
+    from bench.candidate.summary import Row, Steps, render_markdown
+    from bench.report.candidates import Divergence
+
+    base = Row(label="base", role="base", experts_total=8, experts_kept=8, precision="bf16", scores={"smoke": 0.5})
+    reap = Row(label="m-k4", role="candidate", criterion="reap", experts_total=8, experts_kept=4, precision="bf16",
+               scores={"smoke": 0.5}, divergence=Divergence(mean_kl=0.0412, kl_low=0.0351, kl_high=0.0478,
+                                                            top1_agreement=0.912, top1_low=0.9, top1_high=0.925))
+    weaker = reap.model_copy(update={"label": "m-k4-frequency", "criterion": "frequency",
+                                     "divergence": Divergence(mean_kl=0.25, top1_agreement=0.7)})
+    unmeasured = reap.model_copy(update={"label": "m-k2", "divergence": None})
+    text = render_markdown(Summary(name="t", plan="p.yaml", base="/m", out="/o", created_at="now", bench_version="0",
+                                   packs=["smoke"], gate_spec="default.yaml", rows=[base, reap, weaker, unmeasured],
+                                   pareto=[], steps=Steps(ran=0, cached=0, resumed=0, failed=[])))
+    assert "| candidate | size | vs base | experts kept | precision | KL from base (nats) [95%] | top-1 agreement | smoke |" in text
+    assert "| base | - | - | 8/8 | bf16 | (reference) | (reference) | 0.500 |" in text
+    assert "| m-k4 | - | - | 4/8 | bf16 | 0.0412 [0.0351, 0.0478] | 0.912 [0.900, 0.925] | 0.500 |" in text
+    assert "| m-k4-frequency | - | - | 4/8 | bf16 | 0.25 | 0.700 | 0.500 |" in text
+    assert "| m-k2 | - | - | 4/8 | bf16 | - | - | 0.500 |" in text
 
 
 def test_a_rerun_upstream_step_makes_downstream_stale(tmp_path: Path) -> None:
@@ -250,6 +276,16 @@ def test_cache_keys_change_with_inputs_and_only_then(tmp_path: Path, scripted_mo
     assert changed(**{"vllm.max_model_len": 512}) == {"run:base", "run:cand", "gate:cand"}
     inline_gate = {"version": 1, "decision": "point", "defaults": {"allowed_drop": 0.1}}
     assert changed(gate=inline_gate) == {"gate:cand"}
+
+    # Criteria: a list of one is the single criterion; a second one adds its own candidate beside it.
+    assert _keys(tiny_plan(**{"prune.criterion": ["reap"]}), tmp_path, scripted_model) == base
+    both = _keys(tiny_plan(**{"prune.criterion": ["reap", "frequency"]}), tmp_path, scripted_model)
+    assert {name: both[name] for name in base} == base
+    assert sorted(set(both) - set(base)) == ["gate:local-sample-k4-frequency-fp8dense", "prune:local-sample-k4-frequency",
+                                             "quantize:local-sample-k4-frequency-fp8dense",
+                                             "run:local-sample-k4-frequency-fp8dense"]
+    alone = _keys(tiny_plan(**{"prune.criterion": "frequency"}), tmp_path, scripted_model)
+    assert alone["prune:local-sample-k4-frequency"] == both["prune:local-sample-k4-frequency"]
 
     # A changed calibration file changes the prune key (and what depends on it), nothing else.
     data = tmp_path / "data"

@@ -101,6 +101,23 @@ def test_table_rows_and_pareto_flags_match_the_summary(tmp_path: Path) -> None:
     assert dict((r[0], r[header.index("verdict")]) for r in body) == {
         "base": "(baseline)", "mix-k6": "Pass", "mix-k4": "FailToolcall", HOSTILE_LABEL: "FailToolcall", "mix-k2": "error"}
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "KL from base" not in html
+
+
+def test_divergence_columns_reach_the_page(tmp_path: Path) -> None:
+    from bench.report.candidates import Divergence
+
+    summary = sample_summary(runs={"base": write_run(tmp_path, "base", n_per_pack=10)})
+    summary.rows[1].divergence = Divergence(mean_kl=0.0412, kl_low=0.0351, kl_high=0.0478, top1_agreement=0.912)
+    path = write_loop_report(summary, tmp_path / "loop")
+    assert path is not None
+    rows = table_rows(path.read_text(encoding="utf-8"), "T_candidates")
+    header = rows[0]
+    kl, top1 = header.index("KL from base (nats) [95%]"), header.index("top-1 agreement")
+    shown = {row[0]: (row[kl], row[top1]) for row in rows[1:] if row[0] != "candidate"}
+    assert shown["base"] == ("(reference)", "(reference)")
+    assert shown["mix-k6"] == ("0.0412 [0.0351, 0.0478]", "0.912")
+    assert shown["mix-k4"] == ("-", "-")
 
 
 def test_scatter_marks_base_and_front(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ class Loop:
         from bench.engine.compute.prune import prune_checkpoint
         from bench.engine.planning.prune_plan import PruneOptions
 
-        self._announce(step, f"pruning to {candidate.keep}/{self.prepared.n_experts} experts per layer")
+        self._announce(step, f"pruning to {candidate.keep}/{self.prepared.n_experts} experts per layer ({candidate.criterion})")
         started = time.monotonic()
         folder = self.store.begin(step)
         staging = self.store.clear(step.key, MODEL_DIR + ".partial")
@@ -123,7 +123,7 @@ class Loop:
         spec = self.prepared.plan.prune
         mix = self.prepared.mixes[candidate.mix_name]
         options = PruneOptions(
-            keep=candidate.keep, criterion=spec.criterion, selection=spec.selection, renormalize=spec.renormalize,
+            keep=candidate.keep, criterion=candidate.criterion, selection=spec.selection, renormalize=spec.renormalize,
             propagate=spec.propagate, seed=spec.seed if spec.seed is not None else mix.seed, device=spec.device,
             score_gates=mix.score_gates,
         )

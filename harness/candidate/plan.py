@@ -25,6 +25,7 @@ from bench.run.options import EvalOptions
 from bench.serve.options import ServeOptions
 
 CRITERIA = ("reap", "frequency", "mean-gate", "ean", "random")
+Criterion = Literal["reap", "frequency", "mean-gate", "ean", "random"]
 
 
 class FitTarget(BaseModel):
@@ -48,7 +49,10 @@ class PruneSpec(BaseModel):
     mixes: list[str] = Field(
         min_length=1, description="calibration mixes: shipped recipe names or YAML paths (relative to the plan)"
     )
-    criterion: Literal["reap", "frequency", "mean-gate", "ean", "random"] = "reap"
+    criterion: Criterion | Annotated[list[Criterion], Field(min_length=1)] = Field(
+        default="reap", description="how experts are chosen: one criterion, or a list (each mix and count is pruned "
+        "once per criterion, e.g. [reap, frequency] to set a weaker criterion beside REAP)",
+    )
     selection: Literal["per-layer", "global"] = "per-layer"
     renormalize: bool | None = Field(default=None, description="router renormalization after pruning; null keeps the model's")
     propagate: Literal["pruned", "unpruned"] = Field(
@@ -66,6 +70,13 @@ class PruneSpec(BaseModel):
         default=False, description="prune a base that was pruned before (stacking can lose most of the first "
         "calibration's gains); not part of the cache key",
     )
+
+
+    @property
+    def criteria(self) -> list[str]:
+        """Every criterion asked for, in the plan's order, each once."""
+        named = [self.criterion] if isinstance(self.criterion, str) else self.criterion
+        return list(dict.fromkeys(named))
 
 
 class QuantizeSpec(BaseModel):
@@ -174,8 +185,14 @@ def _explain(error: ValidationError, source: str) -> str:
         if branches and len(wrong_type) == len(branches):  # no branch accepts this kind of value
             kinds = list(dict.fromkeys(_TYPE_WORDS.get(str(e.validator_value), str(e.validator_value)) for e in wrong_type))
             return f"{source}: {where}: {error.instance!r} must be {' or '.join(kinds)}"
-        if branches:  # the value is of the right kind: explain what is wrong inside it
-            return _explain(sorted(branches, key=lambda e: -len(e.absolute_path))[0], source)
+        mistyped = {e.relative_schema_path[0] for e in wrong_type}  # branches for another kind of value
+        fitting = [e for e in branches if e.relative_schema_path[0] not in mistyped] or branches
+        if mistyped and fitting and all(e.validator == "const" for e in fitting):  # e.g. an integer or 'auto'
+            kinds = list(dict.fromkeys(_TYPE_WORDS.get(str(e.validator_value), str(e.validator_value)) for e in wrong_type))
+            values = [repr(e.validator_value) for e in fitting]
+            return f"{source}: {where}: {error.instance!r} must be {' or '.join(kinds + values)}"
+        if fitting:  # the value is of the right kind: explain what is wrong inside it
+            return _explain(sorted(fitting, key=lambda e: -len(e.absolute_path))[0], source)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(error.schema.get("properties", {}))
         unknown = [key for key in error.instance if key not in allowed]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,11 +41,12 @@ _VERSION_PROBE = (
 
 @dataclass(frozen=True)
 class Candidate:
-    """One compressed checkpoint to build and judge: a mix and an expert count."""
+    """One compressed checkpoint to build and judge: a mix, an expert count and a criterion."""
 
     label: str
     mix_name: str
     keep: int
+    criterion: str
     origin: str  # how the plan asked for it: "ratio 0.5", "keep 4", "fit 31.84 GiB"
     prune: Step
     quantize: Step | None
@@ -348,14 +350,15 @@ def prepare(
     candidates = []
     for mix_name, mix in mixes.items():
         mix_inputs = _mix_identity(mix, digests)
-        for keep, origins in keeps.items():
-            label = f"{mix_name}-k{keep}" + {None: "", "fp8": "-fp8", "bf16": "-fp8dense"}[precision]
+        for (keep, origins), criterion in product(keeps.items(), prune.criteria):
+            pruned_label = f"{mix_name}-k{keep}" + ("" if criterion == "reap" else f"-{criterion}")
+            label = pruned_label + {None: "", "fp8": "-fp8", "bf16": "-fp8dense"}[precision]
             prune_inputs = {
-                "checkpoint": base_fingerprint, "mix": mix_inputs, "keep": keep,
-                **prune.model_dump(include={"criterion", "selection", "renormalize", "propagate"}),
+                "checkpoint": base_fingerprint, "mix": mix_inputs, "keep": keep, "criterion": criterion,
+                **prune.model_dump(include={"selection", "renormalize", "propagate"}),
                 "seed": prune.seed if prune.seed is not None else mix.seed,
             }
-            prune_step = Step("prune", step_key("prune", prune_inputs), f"{mix_name}-k{keep}", prune_inputs)
+            prune_step = Step("prune", step_key("prune", prune_inputs), pruned_label, prune_inputs)
             quant_step = None
             if quant is not None and precision is not None:
                 quant_inputs = {"checkpoint": prune_step.key, "experts": precision, "block": quant.block}
@@ -378,7 +381,7 @@ def prepare(
             planned = candidate_layout(base_layout, moe, keep=keep, unfused=quant_step is not None,
                                        block=(quant.block, quant.block) if quant_step and quant and quant.block
                                        and precision == "fp8" else None)
-            candidates.append(Candidate(label, mix_name, keep, ", ".join(origins), prune_step, quant_step, run, gate,
+            candidates.append(Candidate(label, mix_name, keep, criterion, ", ".join(origins), prune_step, quant_step, run, gate,
                                         load_problem(planned, sizes), diverge))
 
     digests.save()

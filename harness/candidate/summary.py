@@ -19,9 +19,10 @@ from bench.candidate.cache import StepStore
 from bench.candidate.loop import MODEL_DIR, CandidateOutcome, StepLog, weight_bytes
 from bench.candidate.prepare import Prepared
 from bench.compare.gate import INCONCLUSIVE
+from bench.errors import UserError
 from bench.pruning_record import PRUNING_FILE
 from bench.report.candidates import CandidateRow as Row
-from bench.report.candidates import CandidateTable
+from bench.report.candidates import CandidateTable, Divergence
 from bench.report.candidates import table_cells as _table_cells
 from bench.run.store import RunStore
 
@@ -89,6 +90,24 @@ def _mean(scores: dict[str, float | None]) -> float | None:
     return sum(values) / len(values) if values and len(values) == len(scores) else None
 
 
+def _divergence(folder: Path) -> Divergence | None:
+    """The headline of a divergence step's summary (over all texts); None when it has none."""
+    from bench.divergence.summary import ALL, find_summary
+
+    try:
+        summary = find_summary(folder)
+    except UserError:  # a broken file: the row shows no figure rather than a wrong one
+        return None
+    if summary is None or ALL not in summary.domains:
+        return None
+    figures = summary.domains[ALL]
+    kl, top1 = figures.mean_kl, figures.top1_agreement
+    if kl.mean is None or top1.mean is None:
+        return None
+    return Divergence(mean_kl=kl.mean, kl_low=kl.low, kl_high=kl.high, top1_agreement=top1.mean,
+                      top1_low=top1.low, top1_high=top1.high)
+
+
 def _base_precision(prepared: Prepared) -> str:
     from bench.engine.planning.moe import text_config
 
@@ -117,12 +136,14 @@ def build_summary(prepared: Prepared, out: Path, base: CandidateOutcome, outcome
         gate = json.loads(outcome.gate_json.read_text(encoding="utf-8")) if outcome.gate_json else {}
         rows.append(Row(
             label=candidate.label, role="candidate", mix=candidate.mix_name, origin=candidate.origin,
-            experts_kept=candidate.keep, experts_total=prepared.n_experts, precision=precision, size_bytes=size,
+            criterion=candidate.criterion, experts_kept=candidate.keep, experts_total=prepared.n_experts,
+            precision=precision, size_bytes=size,
             size_ratio=size / base_size if size and base_size else None, scores=scores, mean_score=_mean(scores),
             valid=valid, verdict=gate.get("verdict"), verdict_line=gate.get("line"),
             checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, pruning=str(pruning) if noted else None,
             run_dir=str(outcome.run_dir) if outcome.run_dir else None,
             gate_json=str(outcome.gate_json) if outcome.gate_json else None, error=outcome.error,
+            divergence=_divergence(steps.path(candidate.diverge.key)) if candidate.diverge is not None else None,
         ))
     points = {r.label: (r.size_bytes, r.mean_score) for r in rows
               if r.size_bytes is not None and r.mean_score is not None and r.valid}

@@ -26,6 +26,27 @@ from bench.report.expert_map import expert_map
 _UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
+class Divergence(BaseModel):
+    """A candidate's headline divergence from the base: mean KL with its interval, top-1 agreement."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean_kl: float
+    kl_low: float | None = None
+    kl_high: float | None = None
+    top1_agreement: float
+    top1_low: float | None = None
+    top1_high: float | None = None
+
+    def kl_text(self) -> str:
+        interval = f" [{self.kl_low:.3g}, {self.kl_high:.3g}]" if self.kl_low is not None and self.kl_high is not None else ""
+        return f"{self.mean_kl:.3g}{interval}"
+
+    def top1_text(self) -> str:
+        interval = (f" [{self.top1_low:.3f}, {self.top1_high:.3f}]"
+                    if self.top1_low is not None and self.top1_high is not None else "")
+        return f"{self.top1_agreement:.3f}{interval}"
+
+
 class CandidateRow(BaseModel):
     """One line of the size-vs-score table: the base or one candidate."""
 
@@ -36,6 +57,7 @@ class CandidateRow(BaseModel):
     origin: str | None = None  # how the plan asked for it
     experts_kept: int | None = None
     experts_total: int
+    criterion: str | None = None  # how the kept experts were chosen (candidates only)
     precision: str
     size_bytes: int | None = None
     size_ratio: float | None = None  # size / base size
@@ -50,6 +72,7 @@ class CandidateRow(BaseModel):
     run_dir: str | None = None
     gate_json: str | None = None
     error: str | None = None
+    divergence: Divergence | None = None  # over all texts, when the plan measured it
 
 
 class CandidateTable(BaseModel):
@@ -92,12 +115,21 @@ def verdict_text(row: CandidateRow) -> str:
 
 def table_cells(packs: Sequence[str], rows: Sequence[CandidateRow]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the size-vs-score table (Markdown, terminal and the report share it)."""
-    header = ["candidate", "size", "vs base", "experts kept", "precision", *packs, "mean", "verdict", "Pareto"]
+    measured = any(row.divergence is not None for row in rows)
+    header = ["candidate", "size", "vs base", "experts kept", "precision",
+              *(["KL from base (nats) [95%]", "top-1 agreement"] if measured else []),
+              *packs, "mean", "verdict", "Pareto"]
     cells = []
     for row in rows:
         experts = f"{row.experts_kept}/{row.experts_total}" if row.experts_kept is not None else "-"
         ratio = f"{row.size_ratio:.3f}x" if row.size_ratio is not None else "-"
-        cells.append([row.label, size_text(row.size_bytes), ratio, experts, row.precision,
+        divergence: list[str] = []
+        if measured:
+            if row.role == "base":
+                divergence = ["(reference)", "(reference)"]
+            else:
+                divergence = [row.divergence.kl_text(), row.divergence.top1_text()] if row.divergence else ["-", "-"]
+        cells.append([row.label, size_text(row.size_bytes), ratio, experts, row.precision, *divergence,
                       *[_num(row.scores.get(p)) for p in packs], _num(row.mean_score), verdict_text(row),
                       "yes" if row.pareto else ""])
     return header, cells
