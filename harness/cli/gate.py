@@ -19,7 +19,13 @@ def register(app: typer.Typer) -> None:
     @app.command("gate")
     def gate_cmd(
         run: Path = typer.Argument(..., help="candidate run directory"),
-        baseline: str = typer.Option(..., "--baseline", "-b", help="baseline run directory or stored baseline name"),
+        baseline: str = typer.Option(
+            ..., "--baseline", "-b", help="baseline run directory, stored baseline name, or the URL of an endpoint "
+            "serving the base (its answers to RUN's items are asked there first)"),
+        baseline_model: str | None = typer.Option(
+            None, "--baseline-model", help="with an endpoint baseline: the name it serves the base under (default: its only one)"),
+        baseline_runs: Path | None = typer.Option(
+            None, "--baseline-runs", help="with an endpoint baseline: folder for the base's run (default: RUN's folder)"),
         spec: str | None = typer.Option(
             None, "--spec", "-s", help="gate spec: a YAML or JSON file, or a shipped spec name (default, strict); default: default"),
         markdown: Path | None = typer.Option(None, "--markdown", help="write a Markdown summary here"),
@@ -40,8 +46,15 @@ def register(app: typer.Typer) -> None:
 
         spec_file = resolve_spec(spec)
         gate_spec = load_spec(spec_file)
+        endpoint = baseline.startswith(("http://", "https://"))
+        if not endpoint and (baseline_model or baseline_runs):
+            raise UserError("--baseline-model and --baseline-runs go with an endpoint baseline (--baseline http://...)")
         candidate = load_run(run)
-        reference = load_run(resolve_run(baseline, baselines_dir=baselines_dir))
+        if endpoint:
+            base_dir = _base_at_endpoint(run, baseline, baseline_model, baseline_runs)
+        else:
+            base_dir = resolve_run(baseline, baselines_dir=baselines_dir)
+        reference = load_run(base_dir)
         result = gate.judge(candidate, reference, gate_spec, str(spec_file))
         gate_files.write_outputs(result, markdown=markdown, junit=junit, json_path=json_path)
         for warning in result.warnings:
@@ -113,6 +126,18 @@ def register(app: typer.Typer) -> None:
         print(f"saved baseline {name} -> {target}")
 
     app.add_typer(baseline_app, name="baseline")
+
+
+def _base_at_endpoint(run: Path, url: str, model: str | None, runs_dir: Path | None) -> Path:
+    """Ask RUN's items at the endpoint serving the base (reused when done, resumed when cut off)."""
+    from bench.interrupts import exit_code, interrupt_on_signals
+    from bench.run.replay import replay_at_endpoint
+
+    try:
+        with interrupt_on_signals():
+            return replay_at_endpoint(run, url, model, runs_dir=runs_dir, echo=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt as exc:  # finished items are on disk: the same command resumes
+        raise typer.Exit(code=exit_code(exc)) from None
 
 
 def _print_flips(found: Flips) -> None:
