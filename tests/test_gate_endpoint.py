@@ -18,7 +18,6 @@ from bench.cli import app
 from bench.run.store import RunStore
 
 
-
 def _base_dirs(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.name.startswith("base-"))
 
