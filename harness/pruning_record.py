@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bench.errors import UserError
 from bench.modelfile import read_model_file
 
 PRUNING_FILE = "pruning.json"  # beside the pruned weights, and copied into each run directory served from them
@@ -91,6 +92,53 @@ class LineageStep(BaseModel):
         return f"{text} from {where}" if where else text
 
 
+class DomainCoverage(BaseModel):
+    """One calibration dataset's router gate mass that lands on dropped experts (see ``CoverageRecord``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    samples: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    dropped_mass_mean: float = Field(ge=0, le=1)  # mean over the sparse layers of the per-layer share
+    dropped_mass_max: float = Field(ge=0, le=1)  # the worst layer's share
+    worst_layer: int  # decoder layer index of that worst layer
+    dropped_mass_per_layer: list[float] = Field(default_factory=list)  # in the order of the record's layers
+
+
+class CoverageRecord(BaseModel):
+    """Coverage predicted before serving: per calibration dataset, the gate mass pruning removes.
+
+    Scoring routes every calibration token through every sparse layer's router; the served top-k
+    weights of a dataset's tokens, summed per expert, say what share of that dataset's gate mass
+    sat on experts the prune drops (the base loses none by definition). A dataset whose mean
+    share passes ``threshold`` is flagged: its kind of input lost most of its experts.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    threshold: float = Field(ge=0, le=1)
+    domains: dict[str, DomainCoverage]
+    # Mean over the sparse layers of the share of experts dropped: what an evenly routed domain would lose.
+    dropped_experts_share: float | None = Field(default=None, ge=0, le=1)
+
+    def flagged(self) -> list[str]:
+        """Labels of the datasets whose mean dropped share passes the threshold, worst first."""
+        over = [label for label, d in self.domains.items() if d.dropped_mass_mean > self.threshold]
+        return sorted(over, key=lambda label: -self.domains[label].dropped_mass_mean)
+
+    def warnings(self) -> list[str]:
+        """One line per flagged dataset, with what to change."""
+        return [dead_category_line(label, self.domains[label], self.threshold) for label in self.flagged()]
+
+
+def dead_category_line(label: str, domain: DomainCoverage, threshold: float) -> str:
+    """The warning ``bench prune`` and the candidate loop print for one flagged dataset."""
+    return (
+        f"warning: dead category: calibration domain {label!r} loses {domain.dropped_mass_mean:.1%} of its router "
+        f"gate mass to dropped experts (mean over layers; worst layer {domain.worst_layer}: "
+        f"{domain.dropped_mass_max:.1%}; threshold {threshold * 100:g}%): keep more experts (--keep/--compression) "
+        "or give this kind of input a larger share of the calibration mix"
+    )
+
+
 class PruningRecord(BaseModel):
     """The parts of ``pruning.json`` the report shows."""
 
@@ -107,6 +155,7 @@ class PruningRecord(BaseModel):
     layers: list[PrunedLayer] = Field(min_length=1)
     source: CheckpointIdentity | None = None  # the checkpoint this prune read
     chain: list[LineageStep] = Field(default_factory=list)  # earlier prunes of that source, oldest first
+    coverage: CoverageRecord | None = None  # records from before coverage was measured have none
 
     def as_step(self) -> LineageStep:
         """This prune as one link of a later prune's chain (per-expert figures left out)."""
@@ -132,6 +181,15 @@ class PruningRecord(BaseModel):
 def read_pruning(path: Path) -> PruningRecord:
     """Parse and check one ``pruning.json``; any problem is a UserError naming the file and field."""
     return read_model_file(path, PruningRecord, "pruning record")
+
+
+def coverage_warnings(path: Path) -> list[str]:
+    """The dead-category lines of a stored ``pruning.json``; none when it has no coverage or cannot be read."""
+    try:
+        record = read_pruning(path)
+    except UserError:  # a cached step's record: its problems are the report's to show, not the loop's to stop on
+        return []
+    return record.coverage.warnings() if record.coverage else []
 
 
 def pruning_beside(checkpoint: str | Path | None) -> Path | None:

@@ -111,6 +111,11 @@ class Loop:
     def prune(self, candidate: Candidate) -> Done:
         step = candidate.prune
         if (done := self._cached(step)) is not None:
+            from bench.pruning_record import PRUNING_FILE, coverage_warnings
+
+            # A fresh prune prints its coverage table as it runs; a cached one repeats its warnings before serving.
+            for line in coverage_warnings(self.store.path(step.key) / MODEL_DIR / PRUNING_FILE):
+                self.echo(f"    {line}")
             return done
         from bench.engine.compute.prune import prune_checkpoint
         from bench.engine.planning.prune_plan import PruneOptions
@@ -128,7 +133,7 @@ class Loop:
             score_gates=mix.score_gates,
         )
         result = prune_checkpoint(self.prepared.base, staging, mix, options, allow_stacked=spec.allow_stacked,
-                                  progress=lambda line: self.echo(f"    {line}"))
+                                  progress=lambda line: self.echo(f"    {line}"), coverage_warn=spec.coverage_warn)
         os.replace(staging, folder / MODEL_DIR)
         self.echo(f"    {result.summary().replace(str(staging), str(folder / MODEL_DIR))}")
         return self._finish(step, started, {

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.datafile import load_data_file
 from bench.divergence.options import DivergenceOptions
+from bench.engine.compute.coverage import DEFAULT_COVERAGE_WARN
 from bench.errors import UserError
 from bench.pack import Tier
 from bench.run.options import EvalOptions
@@ -66,6 +67,10 @@ class PruneSpec(BaseModel):
         "general): each mix once per share, e.g. [0.3, 0.5]; empty keeps each mix's own",
     )
     device: str = Field(default="cpu", description="torch device for scoring (cpu, cuda); not part of the cache key")
+    coverage_warn: float = Field(
+        default=DEFAULT_COVERAGE_WARN, ge=0, le=1, description="warn when a calibration dataset loses more than this share of its "
+        "router gate mass to dropped experts (a dead category); not part of the cache key",
+    )
     allow_stacked: bool = Field(
         default=False, description="prune a base that was pruned before (stacking can lose most of the first "
         "calibration's gains); not part of the cache key",

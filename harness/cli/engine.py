@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from bench.engine.compute.coverage import DEFAULT_COVERAGE_WARN  # torch-free: bench --help needs no engine
 from bench.errors import UserError
 
 
@@ -124,9 +125,16 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--allow-stacked", help="prune a checkpoint that was already pruned (its lineage is "
                                "recorded; stacking can lose most of the first calibration's gains)")
         ] = False,
+        coverage_warn: Annotated[
+            float, typer.Option("--coverage-warn", help="warn when a calibration dataset loses more than this share "
+                                "of its router gate mass to dropped experts (default 0.5: most of it; an evenly "
+                                "routed model loses about the share of experts dropped, so lower values flag every "
+                                "dataset of a 50% prune)")
+        ] = DEFAULT_COVERAGE_WARN,
     ) -> None:
         """REAP expert pruning: score experts on calibration text layer by layer, keep the best, write a checkpoint."""
         _require_engine()
+        from bench.engine.compute.coverage import check_threshold
         from bench.engine.compute.prune import prune_checkpoint
         from bench.engine.planning.calibration import PREFLIGHT_ROWS, load_mix, preflight, render_preflight
         from bench.engine.planning.prune_plan import PruneOptions
@@ -143,6 +151,7 @@ def register(app: typer.Typer) -> None:
             scratch_dir=str(scratch_dir) if scratch_dir else None,
         )
         options.validate()  # a mistyped option fails before the preflight reads any data
+        check_threshold(coverage_warn)
         if out is None and not (estimate_only or preflight_only):
             raise UserError("bench prune needs --out (where to write the pruned checkpoint); only --estimate-only "
                             "and --preflight-only run without it")
@@ -152,5 +161,6 @@ def register(app: typer.Typer) -> None:
         if preflight_only or estimate_only:
             return
         assert out is not None
-        result = prune_checkpoint(model, out, mix, options, allow_stacked=allow_stacked, progress=print)
+        result = prune_checkpoint(model, out, mix, options, allow_stacked=allow_stacked, progress=print,
+                                  coverage_warn=coverage_warn)
         print(result.summary())

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.engine.compute.coverage import (
+    DEFAULT_COVERAGE_WARN,
+    check_threshold,
+    measure_coverage,
+    render_coverage,
+    sample_domains,
+)
 from bench.engine.compute.memory import peak_rss_bytes
 from bench.engine.compute.reap import score_experts
 from bench.engine.compute.stream_writer import write_streamed
@@ -35,7 +42,7 @@ from bench.engine.planning.prune_plan import (
 from bench.engine.planning.side_files import copy_side_files, write_config
 from bench.engine.planning.sizes import gib
 from bench.errors import UserError
-from bench.pruning_record import PRUNING_FILE, PruningRecord
+from bench.pruning_record import PRUNING_FILE, CoverageRecord, PruningRecord
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +87,7 @@ class PruneResult:
     seconds: float
     peak_rss_bytes: int
     record: dict[str, Any] = field(default_factory=dict)
+    coverage: CoverageRecord | None = None  # per calibration domain, the gate mass the prune removes
 
     def summary(self) -> str:
         return (
@@ -99,6 +107,7 @@ def prune_checkpoint(
     *,
     allow_stacked: bool = False,
     progress: Callable[[str], None] | None = None,
+    coverage_warn: float = DEFAULT_COVERAGE_WARN,
 ) -> PruneResult:
     """Score experts on the calibration mix, keep the best per layer, write the pruned checkpoint.
 
@@ -112,9 +121,13 @@ def prune_checkpoint(
         options: criterion, ratio, selection and streaming options.
         allow_stacked: prune a checkpoint that was pruned before (refused otherwise; see
             :mod:`bench.engine.planning.lineage`).
-        progress: called with one line per layer (and the stacking warning).
+        progress: called with one line per layer (and the stacking warning), then the coverage table
+            and its dead-category warnings, once the kept experts are chosen and before writing.
+        coverage_warn: flag a calibration dataset losing more than this share of its router gate
+            mass to dropped experts (see :mod:`bench.engine.compute.coverage`).
     """
     options.validate()
+    check_threshold(coverage_warn)
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
@@ -134,11 +147,19 @@ def prune_checkpoint(
     options = replace(options, score_gates=score_gates_for(options, mix.score_gates))  # the mix's, unless given
     # Scoring reads real values; the writer below copies the stored tensors (FP8 codes and scales) as they are.
     scored = compute_view(checkpoint, fp8) if fp8 else checkpoint
+    domains = sample_domains(samples.per_dataset, len(samples.token_ids))
+    if domains is None and progress:
+        progress("note: coverage not measured: two calibration datasets share a label; give each a distinct name")
     scoring = score_experts(scored, resolve(scored) if fp8 else moe, samples.token_ids, options, keep=keep,
-                            progress=progress)
+                            progress=progress, domains=domains)
     kept = scoring.kept
     if kept is None:  # scores only (global selection): choose now
         kept = select_experts(scoring.scores(options.criterion), keep, selection=options.selection, top_k=moe.top_k)
+    coverage = (measure_coverage(scoring.domain_mass, kept, samples.per_dataset, coverage_warn)
+                if domains is not None and scoring.domain_mass else None)
+    if coverage is not None and progress:  # before the checkpoint is written: a dead category shows early
+        for line in render_coverage(coverage):
+            progress(line)
     config, plan = plan_pruned(checkpoint, moe, kept)
     text = text_config(config)
     text.update(renorm_config)
@@ -172,6 +193,7 @@ def prune_checkpoint(
         ],
         "scoring_seconds": round(scoring.seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
+        **({"coverage": coverage.model_dump()} if coverage is not None else {}),
         **lineage,
     }
     PruningRecord.model_validate(record)  # what the report and a later stacked prune will read back
@@ -185,4 +207,5 @@ def prune_checkpoint(
         seconds=time.perf_counter() - started,
         peak_rss_bytes=peak_rss_bytes(),
         record=record,
+        coverage=coverage,
     )

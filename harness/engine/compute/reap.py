@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from bench.engine.compute.coverage import DomainMass
 from bench.engine.compute.hidden_store import DiskHiddenStates, HiddenStates, MemoryHiddenStates
 from bench.engine.compute.memory import release_freed_memory
 from bench.engine.compute.tensor_reader import MAP_WINDOW_BYTES, TensorReader
@@ -116,6 +117,7 @@ class ScoringResult:
     seconds: float = 0.0
     tokens: int = 0
     propagate: str = "pruned"
+    domain_mass: dict[int, DomainMass] = field(default_factory=dict)  # per sparse layer, when domains were given
 
     def scores(self, criterion: str | None = None) -> dict[int, list[float]]:
         crit = criterion or self.criterion
@@ -355,14 +357,16 @@ def _experts_module(module: nn.Module) -> nn.Module:
 
 
 def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_tokens: int, *,
-                           gates: str = "router", router_logits: Callable[[], torch.Tensor] | None = None) -> None:
+                           gates: str = "router", router_logits: Callable[[], torch.Tensor] | None = None,
+                           domains: DomainMass | None = None) -> None:
     """Replace the experts' forward by one that upcasts each expert as it runs and may score it.
 
     The output is the same weighted sum the model computes, in the hidden states' precision,
     with each expert's weights upcast only while it runs. With ``stats``, REAP statistics
     accumulate too, each output norm weighed by the ``gates`` choice (``raw`` reads the router's
     logits of the same tokens from ``router_logits``). Only ``chunk_tokens`` tokens' expert outputs
-    exist at any time, so a long sequence never materializes all of them.
+    exist at any time, so a long sequence never materializes all of them. With ``domains``, the
+    served top-k weights are summed per expert for the current calibration domain (coverage).
     """
     import torch
 
@@ -376,6 +380,8 @@ def attach_experts_forward(experts: nn.Module, stats: LayerStats | None, chunk_t
         if stats is not None:
             stats.tokens += hidden.shape[0]
             scored = _score_weights(top_k_index, top_k_weights, gates, router_logits)
+        if domains is not None:
+            domains.add(top_k_index, top_k_weights)
         for start in range(0, hidden.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, hidden.shape[0])
             x, index, weights = hidden[start:stop], top_k_index[start:stop], top_k_weights[start:stop]
@@ -442,15 +448,34 @@ def _router_logits_tap(module: nn.Module, moe: MoEModel) -> Callable[[], torch.T
     return read
 
 
-def _advance(runner: LayerRunner, module: nn.Module, hidden: HiddenStates) -> None:
-    """Replace each sequence's hidden states by the layer's output, one sequence at a time."""
+def _advance(runner: LayerRunner, module: nn.Module, hidden: HiddenStates,
+             before: Callable[[int], None] | None = None) -> None:
+    """Replace each sequence's hidden states by the layer's output, one sequence at a time.
+
+    ``before(i)`` runs ahead of sequence ``i`` (it tells coverage which domain the tokens are from).
+    """
     for i in range(len(hidden)):
+        if before:
+            before(i)
         hidden.write(i, runner.forward(module, hidden.read(i)))
 
 
-def _score_only(runner: LayerRunner, module: nn.Module, hidden: HiddenStates) -> None:
+def _score_only(runner: LayerRunner, module: nn.Module, hidden: HiddenStates,
+                before: Callable[[int], None] | None = None) -> None:
     for i in range(len(hidden)):
+        if before:
+            before(i)
         runner.forward(module, hidden.read(i))
+
+
+def _domain_setter(mass: DomainMass | None, domains: Sequence[int] | None) -> Callable[[int], None] | None:
+    if mass is None or domains is None:
+        return None
+
+    def before(i: int) -> None:
+        mass.current = domains[i]
+
+    return before
 
 
 def open_hidden_states(options: PruneOptions, lengths: Sequence[int], hidden_size: int) -> HiddenStates:
@@ -473,11 +498,19 @@ def score_experts(
     *,
     keep: int,
     progress: Callable[[str], None] | None = None,
+    domains: Sequence[int] | None = None,
 ) -> ScoringResult:
-    """Score every expert of every sparse layer; with per-layer selection also choose the kept ones."""
+    """Score every expert of every sparse layer; with per-layer selection also choose the kept ones.
+
+    ``domains`` gives each sequence's calibration domain (an index from 0); the served gate mass is
+    then also summed per domain and expert, in the pass that scores (the full layer), for coverage.
+    """
     import torch
 
     options.validate()
+    if domains is not None and len(domains) != len(token_ids):
+        raise ValueError(f"{len(domains)} domains for {len(token_ids)} sequences")
+    n_domains = max(domains, default=-1) + 1 if domains is not None else 0
     started = time.perf_counter()
     per_layer = options.selection == "per-layer"
     propagate = options.propagate if per_layer else "unpruned"  # global selection needs all scores first
@@ -486,6 +519,7 @@ def score_experts(
     runner = LayerRunner(checkpoint, moe, device=options.device, dtype=options.dtype)
     stats: dict[int, LayerStats] = {}
     kept: dict[int, list[int]] = {}
+    masses: dict[int, DomainMass] = {}
     hidden = open_hidden_states(options, [len(ids) for ids in token_ids], moe.hidden_size)
     try:
         with torch.inference_mode():
@@ -500,13 +534,17 @@ def score_experts(
                     continue
                 layer_stats = LayerStats(moe.n_experts)
                 logits = _router_logits_tap(module, moe) if gates == "raw" else None
+                mass = DomainMass(n_domains, moe.n_experts) if domains is not None else None
                 attach_experts_forward(_experts_module(module), layer_stats, options.chunk_tokens, gates=gates,
-                                       router_logits=logits)
+                                       router_logits=logits, domains=mass)
+                before = _domain_setter(mass, domains)
                 reprune = per_layer and propagate == "pruned" and keep < moe.n_experts
                 if reprune:  # the full layer's outputs are not handed on: score only
-                    _score_only(runner, module, hidden)
+                    _score_only(runner, module, hidden, before)
                 else:
-                    _advance(runner, module, hidden)
+                    _advance(runner, module, hidden, before)
+                if mass is not None:
+                    masses[index] = mass
                 del module, logits
                 stats[index] = layer_stats
                 note = ""
@@ -532,4 +570,5 @@ def score_experts(
         seconds=time.perf_counter() - started,
         tokens=sum(len(ids) for ids in token_ids),
         propagate=propagate,
+        domain_mass=masses,
     )
