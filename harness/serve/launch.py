@@ -108,12 +108,18 @@ def resolve_vllm_python(option: str | None) -> str:
     return str(path)
 
 
+IMPORT_CHECK_TIMEOUT_S = 180  # about 5 s on an idle 2-core machine
+
+
 def check_vllm_importable(python: str) -> None:
     """One line before launch, instead of a server log after it, when vLLM is not installed there."""
     probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm.entrypoints.cli.main') else 3)"
     try:
-        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=IMPORT_CHECK_TIMEOUT_S).returncode == 0
+    except subprocess.TimeoutExpired:
+        raise UserError(f"finding vLLM in {python} took over {IMPORT_CHECK_TIMEOUT_S} s (an overloaded machine or a "
+                        "slow disk): rerun when it is quieter") from None
+    except OSError:
         found = False
     if not found:
         raise UserError(f"vLLM is not importable from {python}: pass --vllm-python, or run make setup")
