@@ -45,6 +45,7 @@ from bench.divergence.reference import (
     RefText,
     TextLogprobs,
     load_reference,
+    read_meta,
     write_reference,
 )
 from bench.divergence.runner import write_measurement
@@ -325,6 +326,13 @@ def test_cli_refuses_bad_combinations_in_one_line(tmp_path: Path) -> None:
     assert isinstance(bad.exception, UserError) and "--top-k 0" in str(bad.exception)
     gone = runner.invoke(app, ["diverge", "--baseline", str(tmp_path), "--endpoint", "http://127.0.0.1:9"])
     assert isinstance(gone.exception, UserError) and "holds no divergence reference" in str(gone.exception)
+    folder, _ = _measurement(tmp_path / "m", shift=0.0)
+    kept = read_meta(folder).max_text_tokens
+    fixed = runner.invoke(app, ["diverge", "--baseline", str(folder.parent), "--endpoint", "http://127.0.0.1:9",
+                                "--max-text-tokens", "77"])  # refused before the endpoint is asked anything
+    assert isinstance(fixed.exception, UserError)
+    assert str(fixed.exception).startswith(f"--max-text-tokens 77: the reference in {folder} was measured with "
+                                           f"--max-text-tokens {kept}")
 
 
 # ---------------------------------------------------------------------------------------------

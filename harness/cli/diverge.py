@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
             return
         assert baseline is not None
         reference_path = Path(baseline) if Path(baseline).is_dir() else resolve_run(baseline, baselines_dir=baselines_dir)
+        _refuse_settings_the_reference_fixed(reference_path, options)
         label = model.name if model else "endpoint"
         out = out or Path("runs") / f"diverge-{new_run_id(label)}"
         rules = _spec(spec)
@@ -111,6 +112,30 @@ def register(app: typer.Typer) -> None:
             verdict = decide(summary, rules)
             print(verdict.line)
             raise typer.Exit(verdict.exit_code)
+
+
+# A candidate is measured on the reference's own texts and continuations: these flags were the base's to choose.
+_FIXED_BY_REFERENCE = {"--tier": ("tier", "tier"), "--limit": ("limit", "limit"),
+                       "--max-text-tokens": ("max_text_tokens", "max_text_tokens"),
+                       "--generate": ("generate", "generate_per_domain"), "--max-new-tokens": ("max_new_tokens", "max_new_tokens")}
+
+
+def _refuse_settings_the_reference_fixed(path: Path, options: Any) -> None:
+    """One line when a flag asks for texts or continuations other than the ones the reference holds."""
+    from bench.divergence.options import DivergenceOptions
+    from bench.divergence.reference import read_meta, reference_dir
+    from bench.errors import UserError
+
+    folder = reference_dir(path)
+    if folder is None:
+        return  # measuring reports the missing reference in its own words
+    meta = read_meta(folder)
+    for flag, (field, stored) in _FIXED_BY_REFERENCE.items():
+        asked, default, kept = getattr(options, field), DivergenceOptions.model_fields[field].default, getattr(meta, stored)
+        if asked != default and asked != kept:
+            raise UserError(f"{flag} {asked}: the reference in {folder} was measured with {flag} {kept}, and a candidate "
+                            "is measured on the reference's own texts: drop the flag, or measure a new reference "
+                            f"with bench diverge --reference ... {flag} {asked}")
 
 
 def _spec(spec: str | None) -> Any:
