@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from bench.compare.rundata import RunData
+from bench.compare.rundata import RunData, different_items
 from bench.errors import UserError
 
 
@@ -60,23 +60,12 @@ class Discrimination(BaseModel):
     packs: list[PackDiscrimination]
 
 
-def _pack_identity(run: RunData, pack: str) -> tuple[str, str]:
-    entry = next((entry for entry in run.manifest.packs if entry.name == pack), None)
-    if entry is not None:
-        return entry.version, entry.data_hash
-    result = run.results.packs.get(pack)
-    return (result.version if result else "?"), "?"
-
-
 def _check_same_items(runs: Sequence[RunData], pack: str) -> tuple[str, str]:
     """The pack's (version, data sha256), the same in every run, or one line saying where not."""
-    seen = {run.run_id: _pack_identity(run, pack) for run in runs}
-    if len(set(seen.values())) > 1:
-        described = "; ".join(f"{run_id}: version {version}, data sha256 {digest[:12]}"
-                              for run_id, (version, digest) in seen.items())
-        raise UserError(f"{pack}: the runs asked different items ({described}): compare runs of one pack version "
-                        "and data file, or leave the odd run out")
-    return next(iter(seen.values()))
+    mismatch = different_items({run.run_id: run for run in runs}, pack)
+    if mismatch:
+        raise UserError(f"{pack}: {mismatch}: compare runs of one pack version and data file, or leave the odd run out")
+    return runs[0].pack_identity(pack)
 
 
 def pack_discrimination(runs: Sequence[RunData], pack: str) -> PackDiscrimination:

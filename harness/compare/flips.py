@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from scipy import stats as scipy_stats
 
-from bench.compare.rundata import RunData
+from bench.compare.rundata import RunData, different_items
 from bench.errors import UserError
 from bench.passk import FULL_MARKS
 
@@ -238,28 +238,14 @@ def repeats_floor(trials: Mapping[str, Mapping[int, bool | None]], k: int) -> No
 # Runs
 
 
-def pack_identity(run: RunData, pack: str) -> tuple[str, str]:
-    """The pack's (version, data sha256) as the run's manifest records them ("?" where it does not)."""
-    entry = next((entry for entry in run.manifest.packs if entry.name == pack), None)
-    if entry is not None:
-        return entry.version, entry.data_hash
-    result = run.results.packs.get(pack)
-    return (result.version if result else "?"), "?"
-
-
 def _mismatch(pack: str, runs: Mapping[str, RunData]) -> str:
     """Why the runs cannot be paired on ``pack`` (other versions or data files), or "" when they can."""
-    seen = {role: pack_identity(run, pack) for role, run in runs.items()}
-    if len(set(seen.values())) <= 1:
-        return ""
-    described = "; ".join(f"{role} {runs[role].run_id}: version {version}, data sha256 {digest[:12]}"
-                          for role, (version, digest) in seen.items())
-    return f"the runs asked different items ({described})"
+    return different_items({f"{role} {run.run_id}": run for role, run in runs.items()}, pack)
 
 
 def _measures(run: RunData, pack: str) -> list[str]:
     """``pass``, then the pack's subdimensions in its declared order, then any others its items carry."""
-    entry = next((entry for entry in run.manifest.packs if entry.name == pack), None)
+    entry = run.pack_entry(pack)
     declared = list(entry.subdimensions) if entry else []
     seen = {name for item in run.pack_items(pack) if item.score for name in item.score.subscores}
     return [PASS] + [name for name in declared if name in seen] + sorted(seen - set(declared))
@@ -267,7 +253,7 @@ def _measures(run: RunData, pack: str) -> list[str]:
 
 def pack_flips(baseline: RunData, candidate: RunData, pack: str, noise: RunData | None = None) -> PackFlips:
     """The flip tables of one pack both runs hold, with the floors the noise run and the base's repeats give."""
-    version, digest = pack_identity(baseline, pack)
+    version, digest = baseline.pack_identity(pack)
     trials = {"baseline": baseline.trials_per_item(pack), "candidate": candidate.trials_per_item(pack)}
     mismatch = _mismatch(pack, {"baseline": baseline, "candidate": candidate})
     if mismatch:

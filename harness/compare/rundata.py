@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from bench import passk, stats
 from bench.errors import UserError
 from bench.pack import Score
-from bench.records import Flags, ItemRecord, Manifest, Results
+from bench.records import Flags, ItemRecord, Manifest, PackEntry, Results
 from bench.run.lock import live_owner
 from bench.run.store import ITEMS, RESULTS, EffectiveItems, RunStore, check_schema_version, read_effective
 
@@ -84,6 +84,18 @@ class RunData:
     def pack_items(self, pack: str) -> list[ScoredItem]:
         return self._by_pack.get(pack, [])
 
+    def pack_entry(self, pack: str) -> PackEntry | None:
+        """The manifest's entry for ``pack``, if the run asked it."""
+        return next((entry for entry in self.manifest.packs if entry.name == pack), None)
+
+    def pack_identity(self, pack: str) -> tuple[str, str]:
+        """The pack's (version, data sha256) as the manifest records them ("?" where it does not)."""
+        entry = self.pack_entry(pack)
+        if entry is not None:
+            return entry.version, entry.data_hash
+        result = self.results.packs.get(pack)
+        return (result.version if result else "?"), "?"
+
     def trials(self, pack: str) -> dict[str, list[bool | None]]:
         """item id -> its trials' pass/fail in repeat order (None: the request failed, nothing scored)."""
         found: dict[str, list[tuple[int, bool | None]]] = defaultdict(list)
@@ -127,6 +139,16 @@ class RunData:
         for records in found.values():
             records.sort(key=lambda record: record.repeat)
         return found
+
+
+def different_items(runs: Mapping[str, RunData], pack: str) -> str:
+    """Why runs (by label) cannot be paired on ``pack``: other versions or data files; "" when they can."""
+    seen = {label: run.pack_identity(pack) for label, run in runs.items()}
+    if len(set(seen.values())) <= 1:
+        return ""
+    described = "; ".join(f"{label}: version {version}, data sha256 {digest[:12]}"
+                          for label, (version, digest) in seen.items())
+    return f"the runs asked different items ({described})"
 
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
