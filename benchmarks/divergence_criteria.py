@@ -34,7 +34,6 @@ from bench.divergence.reference import load_reference
 from bench.divergence.runner import measure, measure_at, reference_at, serve_or_connect, write_measurement
 from bench.divergence.summary import ALL, PER_TEXT_FILE, DivergenceSummary, TextResult
 from bench.errors import UserError
-from bench.records import Interval
 from bench.serve.options import ServeOptions
 from bench.stats import mean_interval
 
@@ -55,14 +54,6 @@ def prune(model: Path, out: Path, criterion: str, args: argparse.Namespace) -> P
     return out
 
 
-def interval(found: Interval, digits: int = 4) -> str:
-    if found.mean is None:
-        return "-"
-    if found.low is None or found.high is None:
-        return f"{found.mean:.{digits}f}"
-    return f"{found.mean:.{digits}f} [{found.low:.{digits}f}, {found.high:.{digits}f}]"
-
-
 def per_text(run: Path) -> dict[str, float]:
     """Each text's mean KL, by text id, from a measurement's per_text.jsonl."""
     lines = (run / "divergence" / PER_TEXT_FILE).read_text(encoding="utf-8").splitlines()
@@ -76,8 +67,8 @@ def table(rows: dict[str, DivergenceSummary]) -> None:
     for domain in [ALL, *(d for d in domains if d != ALL)]:
         for name, summary in rows.items():
             d = summary.domains[domain]
-            print(f"| {domain} | {name} | {d.texts} | {d.positions} | {interval(d.mean_kl)} | {d.p99_kl:.4f} | "
-                  f"{interval(d.top1_agreement, 3)} |")
+            print(f"| {domain} | {name} | {d.texts} | {d.positions} | {d.mean_kl.text(4, 'f')} | {d.p99_kl:.4f} | "
+                  f"{d.top1_agreement.text(3, 'f')} |")
 
 
 def drift(rows: dict[str, DivergenceSummary]) -> None:
@@ -103,7 +94,7 @@ def paired(runs: dict[str, Path], against: str, seed: int) -> None:
             reading = f"wholly below 0: {name} moved the base less"
         else:
             reading = "it holds 0: not told apart on these texts"
-        print(f"{name} minus {against}, per-text mean KL: {interval(found)} over {found.n} texts ({reading})")
+        print(f"{name} minus {against}, per-text mean KL: {found.text(4, 'f')} over {found.n} texts ({reading})")
 
 
 def above_floor(rows: dict[str, DivergenceSummary]) -> list[str]:
@@ -185,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     first = next(name for name in runs if name != FLOOR)
     paired({n: r for n, r in runs.items() if n != FLOOR}, first, args.seed)
     failures = above_floor(rows)
-    print(f"every pruned candidate's KL interval lies above base vs base (mean KL {interval(rows[FLOOR].domains[ALL].mean_kl)}), "
+    print(f"every pruned candidate's KL interval lies above base vs base (mean KL {rows[FLOOR].domains[ALL].mean_kl.text(4, 'f')}), "
           f"in every domain: {'holds' if not failures else 'VIOLATED'}")
     for line in failures:
         print(f"  {line}")

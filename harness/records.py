@@ -155,6 +155,14 @@ class Interval(BaseModel):
     high: float | None = None
     method: str = ""
 
+    def text(self, digits: int = 4, style: str = "g") -> str:
+        """``mean [low, high]`` at ``digits`` (a format style: g or f); the mean alone without bounds; "-" without it."""
+        if self.mean is None:
+            return "-"
+        if self.low is None or self.high is None:
+            return f"{self.mean:.{digits}{style}}"
+        return f"{self.mean:.{digits}{style}} [{self.low:.{digits}{style}}, {self.high:.{digits}{style}}]"
+
 
 class HealthCounts(BaseModel):
     model_config = ConfigDict(extra="forbid")

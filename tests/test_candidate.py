@@ -139,14 +139,16 @@ def test_summary_table_shows_divergence_beside_the_packs() -> None:
     """Two criteria at one ratio: the table sets their KL and top-1 agreement side by side."""
     from bench.candidate import Summary
     from bench.candidate.summary import Row, Steps, render_markdown
+    from bench.records import Interval
     from bench.report.candidates import Divergence
 
     base = Row(label="base", role="base", experts_total=8, experts_kept=8, precision="bf16", scores={"smoke": 0.5})
     reap = Row(label="m-k4", role="candidate", criterion="reap", experts_total=8, experts_kept=4, precision="bf16",
-               scores={"smoke": 0.5}, divergence=Divergence(mean_kl=0.0412, kl_low=0.0351, kl_high=0.0478,
-                                                            top1_agreement=0.912, top1_low=0.9, top1_high=0.925))
-    weaker = reap.model_copy(update={"label": "m-k4-frequency", "criterion": "frequency",
-                                     "divergence": Divergence(mean_kl=0.25, top1_agreement=0.7)})
+               scores={"smoke": 0.5}, divergence=Divergence(
+                   mean_kl=Interval(mean=0.0412, n=30, low=0.0351, high=0.0478),
+                   top1_agreement=Interval(mean=0.912, n=30, low=0.9, high=0.925)))
+    weaker = reap.model_copy(update={"label": "m-k4-frequency", "criterion": "frequency", "divergence": Divergence(
+        mean_kl=Interval(mean=0.25, n=30), top1_agreement=Interval(mean=0.7, n=30))})
     unmeasured = reap.model_copy(update={"label": "m-k2", "divergence": None})
     text = render_markdown(Summary(name="t", plan="p.yaml", base="/m", out="/o", created_at="now", bench_version="0",
                                    packs=["smoke"], gate_spec="default.yaml", rows=[base, reap, weaker, unmeasured],

@@ -403,8 +403,9 @@ def test_loop_skips_the_packs_of_a_candidate_that_fails_divergence(tmp_path: Pat
     assert "packs not run: the candidate failed divergence from the base" in row.verdict_line
     assert "skip_packs_on_fail: false" in row.verdict_line
     figures = moved.domains[ALL]  # the table's KL and top-1 columns come from the step's measurement
-    assert row.divergence is not None and row.divergence.mean_kl == figures.mean_kl.mean
-    assert (row.divergence.kl_low, row.divergence.top1_agreement) == (figures.mean_kl.low, figures.top1_agreement.mean)
+    assert row.divergence is not None and row.divergence.mean_kl.mean == figures.mean_kl.mean
+    assert (row.divergence.mean_kl.low, row.divergence.top1_agreement.mean) == (figures.mean_kl.low,
+                                                                                figures.top1_agreement.mean)
 
     # The plan overrides it: the packs are asked anyway.
     plan["divergence"] = {"skip_packs_on_fail": False}

@@ -105,10 +105,12 @@ def test_table_rows_and_pareto_flags_match_the_summary(tmp_path: Path) -> None:
 
 
 def test_divergence_columns_reach_the_page(tmp_path: Path) -> None:
+    from bench.records import Interval
     from bench.report.candidates import Divergence
 
     summary = sample_summary(runs={"base": write_run(tmp_path, "base", n_per_pack=10)})
-    summary.rows[1].divergence = Divergence(mean_kl=0.0412, kl_low=0.0351, kl_high=0.0478, top1_agreement=0.912)
+    summary.rows[1].divergence = Divergence(mean_kl=Interval(mean=0.0412, n=30, low=0.0351, high=0.0478),
+                                            top1_agreement=Interval(mean=0.912, n=30))
     path = write_loop_report(summary, tmp_path / "loop")
     assert path is not None
     rows = table_rows(path.read_text(encoding="utf-8"), "T_candidates")

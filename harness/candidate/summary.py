@@ -101,11 +101,9 @@ def _divergence(folder: Path) -> Divergence | None:
     if summary is None or ALL not in summary.domains:
         return None
     figures = summary.domains[ALL]
-    kl, top1 = figures.mean_kl, figures.top1_agreement
-    if kl.mean is None or top1.mean is None:
+    if figures.mean_kl.mean is None or figures.top1_agreement.mean is None:
         return None
-    return Divergence(mean_kl=kl.mean, kl_low=kl.low, kl_high=kl.high, top1_agreement=top1.mean,
-                      top1_low=top1.low, top1_high=top1.high)
+    return Divergence(mean_kl=figures.mean_kl, top1_agreement=figures.top1_agreement)
 
 
 def _base_precision(prepared: Prepared) -> str:

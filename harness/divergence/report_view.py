@@ -18,7 +18,6 @@ from markupsafe import Markup
 from bench.compare.rundata import RunData
 from bench.divergence.reference import read_meta, reference_dir
 from bench.divergence.summary import ALL, DivergenceSummary, WorstText, find_summary, histogram_labels
-from bench.records import Interval
 from bench.report import charts
 
 WORST_SHOWN = 5
@@ -29,14 +28,6 @@ Styled = Callable[[pd.DataFrame, str], Markup]
 class WorstView:
     label: str
     text: WorstText
-
-
-def _cell(interval: Interval, digits: int = 4) -> str:
-    if interval.mean is None:
-        return "-"
-    if interval.low is None or interval.high is None:
-        return f"{interval.mean:.{digits}g}"
-    return f"{interval.mean:.{digits}g} [{interval.low:.{digits}g}, {interval.high:.{digits}g}]"
 
 
 def _domains(measured: Sequence[tuple[str, DivergenceSummary]]) -> list[str]:
@@ -120,8 +111,8 @@ def divergence_section(runs: Sequence[RunData], labels: Sequence[str], styled: S
     if not measured:
         return section
     section.update(
-        kl=styled(_by_domain(measured, lambda d: _cell(d.mean_kl)), "divergence-kl"),
-        agreement=styled(_by_domain(measured, lambda d: _cell(d.top1_agreement, 3)), "divergence-top1"),
+        kl=styled(_by_domain(measured, lambda d: d.mean_kl.text()), "divergence-kl"),
+        agreement=styled(_by_domain(measured, lambda d: d.top1_agreement.text(3)), "divergence-top1"),
         detail=styled(_detail(measured), "divergence-detail"),
         histogram=_histogram(measured),
     )

@@ -20,6 +20,7 @@ from bench.compare.gate import INCONCLUSIVE
 from bench.errors import UserError
 from bench.modelfile import read_model_file
 from bench.pruning_record import PruningRecord, read_pruning
+from bench.records import Interval
 from bench.report import charts
 from bench.report.expert_map import expert_map
 
@@ -27,24 +28,11 @@ _UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
 class Divergence(BaseModel):
-    """A candidate's headline divergence from the base: mean KL with its interval, top-1 agreement."""
+    """A candidate's headline divergence from the base, over all texts: mean KL and top-1 agreement."""
 
     model_config = ConfigDict(extra="forbid")
-    mean_kl: float
-    kl_low: float | None = None
-    kl_high: float | None = None
-    top1_agreement: float
-    top1_low: float | None = None
-    top1_high: float | None = None
-
-    def kl_text(self) -> str:
-        interval = f" [{self.kl_low:.3g}, {self.kl_high:.3g}]" if self.kl_low is not None and self.kl_high is not None else ""
-        return f"{self.mean_kl:.3g}{interval}"
-
-    def top1_text(self) -> str:
-        interval = (f" [{self.top1_low:.3f}, {self.top1_high:.3f}]"
-                    if self.top1_low is not None and self.top1_high is not None else "")
-        return f"{self.top1_agreement:.3f}{interval}"
+    mean_kl: Interval
+    top1_agreement: Interval
 
 
 class CandidateRow(BaseModel):
@@ -128,7 +116,8 @@ def table_cells(packs: Sequence[str], rows: Sequence[CandidateRow]) -> tuple[lis
             if row.role == "base":
                 divergence = ["(reference)", "(reference)"]
             else:
-                divergence = [row.divergence.kl_text(), row.divergence.top1_text()] if row.divergence else ["-", "-"]
+                divergence = ([row.divergence.mean_kl.text(3), row.divergence.top1_agreement.text(3, "f")]
+                              if row.divergence else ["-", "-"])
         cells.append([row.label, size_text(row.size_bytes), ratio, experts, row.precision, *divergence,
                       *[_num(row.scores.get(p)) for p in packs], _num(row.mean_score), verdict_text(row),
                       "yes" if row.pareto else ""])
