@@ -21,7 +21,6 @@ from bench.candidate.cache import Done, Step, StepStore
 from bench.candidate.keys import FileDigests
 from bench.candidate.prepare import Candidate, Prepared
 from bench.errors import UserError
-from bench.records import Results
 from bench.run.store import MANIFEST, RunStore
 
 Echo = Callable[[str], None]
@@ -51,18 +50,6 @@ class CandidateOutcome:
     prune: dict[str, Any] = field(default_factory=dict)
     quantize: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def _finished_results(run_dir: Path) -> Results | None:
-    """The run's results when it ran to the end (every item present), else None."""
-    store = RunStore.open(run_dir)
-    if not store.has_results():
-        return None
-    try:
-        results = store.read_results()
-    except UserError:
-        return None
-    return results if results.complete and store.read_manifest().status == "complete" else None
 
 
 def weight_bytes(model_dir: Path) -> int:
@@ -176,7 +163,7 @@ class Loop:
         started = time.monotonic()
         self.store.begin(step)
         options = self.prepared.run_options(step, model_dir, folder)
-        finished = _finished_results(previous[0]) if previous else None
+        finished = RunStore.open(previous[0]).finished_results() if previous else None
         if previous and finished is not None:  # killed after the run ended but before it was marked done
             self._announce(step, f"already finished in {previous[0]}")
             return self._finish(step, started, {"paths": [previous[0].name], "run_dir": previous[0].name,

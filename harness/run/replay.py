@@ -64,16 +64,6 @@ def replay_options(run_dir: Path, endpoint: str, served_model_name: str | None, 
                       runs_dir=str(runs_dir), run_id=re.sub(r"[^A-Za-z0-9._-]+", "-", name))
 
 
-def _finished(folder: Path) -> bool:
-    store = RunStore.open(folder)
-    if not store.has_results():
-        return False
-    try:
-        return store.read_results().complete and store.read_manifest().status == "complete"
-    except UserError:
-        return False
-
-
 def replay_at_endpoint(run_dir: Path, endpoint: str, served_model_name: str | None, *, runs_dir: Path | None = None,
                        echo: Echo = print) -> Path:
     """The base's run at ``endpoint``, paired with ``run_dir``: reused when finished, resumed when cut off."""
@@ -83,7 +73,7 @@ def replay_at_endpoint(run_dir: Path, endpoint: str, served_model_name: str | No
     assert options.run_id is not None
     folder = Path(options.runs_dir) / options.run_id
     if folder.is_dir() and (folder / MANIFEST).is_file():
-        if _finished(folder):
+        if RunStore.open(folder).finished_results() is not None:
             echo(f"baseline: {folder} already holds the base's answers from {options.endpoints[0]}")
             return folder
         echo(f"baseline: resuming {folder} at {options.endpoints[0]}")

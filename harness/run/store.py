@@ -277,6 +277,16 @@ class RunStore:
     def has_results(self) -> bool:
         return (self.root / RESULTS).is_file()
 
+    def finished_results(self) -> Results | None:
+        """The results when the run ran to the end (every item present, marked complete), else None."""
+        if not self.has_results():
+            return None
+        try:
+            results = self.read_results()
+        except UserError:
+            return None
+        return results if results.complete and self.read_manifest().status == "complete" else None
+
     # items
     def encode_item(self, record: ItemRecord) -> str:
         """Validate a record and return its items.jsonl line (pure CPU: callable off the event loop)."""
